@@ -1,0 +1,1 @@
+"""Pure domain logic of hal: questionnaires, dialogues, judges' contracts, rewards, statistics."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: one side effect each (load, validate, rate, fit, log, launch)."""

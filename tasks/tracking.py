@@ -1,0 +1,125 @@
+"""MLflow conventions shared by every stage: where runs go, how stages nest, what inputs were."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from hal_core.settings import HalSettings
+from hal_core.tables import file_sha256
+
+
+def configure_tracking(settings: HalSettings) -> str:
+    """Point MLflow at the configured store and return its URI."""
+    uri = settings.resolved_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, settings: HalSettings) -> str:
+    """The experiment's id, created with artifacts under HAL_HOME when the store is local."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = settings.resolved_tracking_uri()
+    artifact_location = None
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        artifact_location = (settings.artifact_root / name).as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+@contextmanager
+def stage_run(
+    run_name: str,
+    experiment: str,
+    settings: HalSettings,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run named after the flow; nested under ``parent_run_id`` when given."""
+    configure_tracking(settings)
+    if parent_run_id:
+        parent = MlflowClient().get_run(parent_run_id)
+        experiment_id = parent.info.experiment_id
+    else:
+        experiment_id = ensure_experiment(experiment, settings)
+    with mlflow.start_run(
+        run_name=run_name,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        nested=parent_run_id is not None,
+        tags=dict(tags or {}),
+    ) as run:
+        yield run
+
+
+def input_hashes(paths: Mapping[str, str | Path]) -> dict[str, str]:
+    """sha256 of each named input file."""
+    return {name: file_sha256(path) for name, path in paths.items()}
+
+
+def log_inputs(run_id: str, paths: Mapping[str, str | Path]) -> dict[str, str]:
+    """Record each input file's path and hash as params of the run."""
+    client = MlflowClient()
+    hashes = input_hashes(paths)
+    for name, path in paths.items():
+        client.log_param(run_id, f"input.{name}.path", str(path))
+        client.log_param(run_id, f"input.{name}.sha256", hashes[name])
+    return hashes
+
+
+def log_json(run_id: str, payload: Any, artifact_file: str) -> None:
+    """Write a JSON artifact (``artifact_file`` may include folders)."""
+    MlflowClient().log_text(run_id, json.dumps(payload, indent=2, default=str), artifact_file)
+
+
+def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    client = MlflowClient()
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    """Save a matplotlib figure as a PNG artifact and close it."""
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(artifact_file).name
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+        parent = str(Path(artifact_file).parent)
+        MlflowClient().log_artifact(run_id, str(path), None if parent == "." else parent)
+    plt.close(figure)
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log many metrics in batches (one store round trip per 1000)."""
+    timestamp = int(time.time() * 1000)
+    entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+    client = MlflowClient()
+    for start in range(0, len(entries), 1000):
+        client.log_batch(run_id, metrics=entries[start : start + 1000])
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches; non-string values are written as JSON."""
+    entries = [
+        Param(key, value if isinstance(value, str) else json.dumps(value, default=str))
+        for key, value in params.items()
+    ]
+    client = MlflowClient()
+    for start in range(0, len(entries), 100):
+        client.log_batch(run_id, params=entries[start : start + 100])

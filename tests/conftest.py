@@ -1,0 +1,38 @@
+"""Shared fixtures: real data location, an isolated HAL_HOME and MLflow store per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hal_core.settings import HalSettings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real HAL data; tests that need it are skipped only when it is absent."""
+    settings = HalSettings()
+    if settings.data_dir is None or not Path(settings.data_dir).is_dir():
+        pytest.skip("HAL data folder not found (set HAL_DATA_DIR)")
+    return Path(settings.data_dir)
+
+
+@pytest.fixture(scope="session")
+def hal_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hal_home")
+
+
+@pytest.fixture()
+def settings(hal_home: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> HalSettings:
+    """Settings whose MLflow store and working files live in a temporary folder."""
+    monkeypatch.setenv("HAL_HOME", str(hal_home))
+    monkeypatch.setenv("HAL_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HAL_TRACKING_URI", raising=False)
+    return HalSettings()
