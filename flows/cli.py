@@ -2,9 +2,302 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+import yaml
 
 app = typer.Typer(help="hal: human-likeness rewards and alignment.", no_args_is_help=True)
+
+RecipeOption = Annotated[
+    Path | None, typer.Option(help="YAML recipe with the stage's parameters.", exists=True)
+]
+
+
+def load_recipe(recipe: Path | None) -> dict:
+    """A recipe's parameters as a dict (empty without a recipe)."""
+    if recipe is None:
+        return {}
+    payload = yaml.safe_load(recipe.read_text()) or {}
+    if not isinstance(payload, dict):
+        raise typer.BadParameter(f"{recipe}: a recipe is a mapping of parameter names to values")
+    return payload
+
+
+def merge(recipe: Path | None, **overrides: object) -> dict:
+    """Recipe values, overridden by options given on the command line."""
+    values = load_recipe(recipe)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return values
+
+
+@app.command()
+def validate(
+    recipe: RecipeOption = None,
+    policy: Annotated[str | None, typer.Option(help="fail | quarantine")] = None,
+) -> None:
+    """Check every dataset of the data folder against its Great Expectations contract."""
+    from flows.validate_data import ValidateDataParams, validate_data
+
+    summaries = validate_data(ValidateDataParams(**merge(recipe, policy=policy)))
+    bad = [s for s in summaries if s.quarantined_rows]
+    typer.echo(f"{len(summaries)} files checked, {len(bad)} with quarantined rows")
+
+
+@app.command("fit-reward")
+def fit_reward_command(
+    recipe: RecipeOption = None,
+    ratings_file: Annotated[str | None, typer.Option(help="Ratings table.")] = None,
+    policy: Annotated[str | None, typer.Option(help="fail | quarantine")] = None,
+    register_as: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias for the new version.")] = None,
+) -> None:
+    """Fit the HL reward (L1 logistic over trait ratings) and register it in MLflow."""
+    from flows.fit_reward import FitRewardParams, fit_reward
+
+    params = FitRewardParams(
+        **merge(
+            recipe,
+            ratings_file=ratings_file,
+            validation_policy=policy,
+            register_as=register_as,
+            alias=alias,
+        )
+    )
+    result = fit_reward(params)
+    typer.echo(json.dumps(result.model_dump(), indent=2))
+
+
+@app.command()
+def score(
+    ratings: Annotated[Path, typer.Argument(help="CSV with one column per trait id.", exists=True)],
+    reward: Annotated[
+        str,
+        typer.Option(help="Reward JSON path or MLflow model URI (models:/hal-reward@champion)."),
+    ] = "models:/hal-reward@champion",
+    list_column: Annotated[
+        str | None, typer.Option(help="Column of rating lists to expand by questionnaire position.")
+    ] = None,
+    questionnaire: Annotated[
+        Path | None, typer.Option(help="Questionnaire JSON for --list-column.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Where to write the scored CSV.")] = None,
+) -> None:
+    """Score a ratings file with a registered or JSON reward; writes an ``hl`` column."""
+    from flows.scoring import score_file
+
+    written = score_file(ratings, reward, output, list_column, questionnaire)
+    typer.echo(f"scored -> {written}")
+
+
+@app.command()
+def rate(
+    input_file: Annotated[
+        str | None, typer.Argument(help="CSV with one dialogue per row (or set in --recipe).")
+    ] = None,
+    recipe: RecipeOption = None,
+    judge: Annotated[
+        Path | None, typer.Option(help="YAML judge config (backend, model, ...).", exists=True)
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="openai | hf | recorded | local")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (openai backend).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
+    model_path: Annotated[str | None, typer.Option(help="Local model (hf, local).")] = None,
+    questionnaire: Annotated[str | None, typer.Option(help="Questionnaire JSON.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Dialogue column.")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Unique id column.")] = None,
+    speakers: Annotated[str | None, typer.Option(help="turing | doctor_visit")] = None,
+    output: Annotated[str | None, typer.Option(help="Ratings CSV to write.")] = None,
+    cache: Annotated[str | None, typer.Option(help="SQLite rating cache.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Rate only the first N rows.")] = None,
+    retry_failures: Annotated[str | None, typer.Option(help="none | transient | all")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Rate dialogues on a questionnaire with a judge; cached, resumable, every item accounted."""
+    from flows.rate_dialogues import RateDialoguesParams, rate_dialogues
+
+    values = merge(
+        recipe,
+        input_file=input_file,
+        questionnaire_file=questionnaire,
+        text_column=text_column,
+        id_column=id_column,
+        speakers=speakers,
+        output_file=output,
+        cache_file=cache,
+        limit=limit,
+        retry_failures=retry_failures,
+        progress=progress,
+    )
+    judge_values = {**dict(values.get("judge") or {}), **load_recipe(judge)}
+    flags = {
+        "backend": backend,
+        "model": model,
+        "base_url": base_url,
+        "concurrency": concurrency,
+        "model_path": model_path,
+    }
+    judge_values.update({key: value for key, value in flags.items() if value is not None})
+    if judge_values:
+        values["judge"] = {"backend": "openai", **judge_values}
+    result = rate_dialogues(RateDialoguesParams(**values))
+    typer.echo(json.dumps(result.model_dump(), indent=2))
+
+
+@app.command()
+def demo() -> None:
+    """The main job on embedded defaults: validate the data, fit and register the reward."""
+    from flows.fit_reward import FitRewardParams, fit_reward
+    from flows.validate_data import validate_data
+
+    validate_data()
+    champion = fit_reward(FitRewardParams())
+    cross_judge = fit_reward(
+        FitRewardParams(ratings_file="turing/ratings32_gpt-5-mini.csv", register_as=None)
+    )
+    for name, result in (("gpt-5", champion), ("gpt-5-mini", cross_judge)):
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        typer.echo(f"{name}: {figures}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    recipe: RecipeOption = None,
+    responses_dir: Annotated[
+        str | None, typer.Option(help="Folder of <model>/samples_epoch_XX_*.csv files.")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option(help="Model folder to evaluate (repeatable); default all.")
+    ] = None,
+    questionnaire: Annotated[str | None, typer.Option(help="Questionnaire rated on.")] = None,
+    reward: Annotated[str | None, typer.Option(help="Reward JSON (weights by id, or w/b).")] = None,
+    base_epoch: Annotated[int | None, typer.Option(help="Epoch of the base model.")] = None,
+    pairwise_csv: Annotated[
+        str | None, typer.Option(help="Pairwise human judgements for win rate and Elo.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the Elo orderings.")] = None,
+) -> None:
+    """HL score per epoch with CIs, paired t-tests against the base and per-trait shifts."""
+    from flows.evaluate import EvaluateParams, evaluate
+
+    params = EvaluateParams(
+        **merge(
+            recipe,
+            responses_dir=responses_dir,
+            models=model or None,
+            questionnaire=questionnaire,
+            reward=reward,
+            base_epoch=base_epoch,
+            pairwise_csv=pairwise_csv,
+            seed=seed,
+        )
+    )
+    typer.echo(json.dumps(evaluate(params), indent=2))
+
+
+@app.command()
+def compare(
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment; default: the pipeline's.")
+    ] = None,
+    max_runs: Annotated[int, typer.Option(help="Most recent runs to show.")] = 20,
+) -> None:
+    """Compare pipeline runs: reward accuracy, selected traits, DPO margins, HL gain."""
+    from hal_core.settings import get_settings
+    from tasks.evaluation import fetch_pipeline_runs
+    from tasks.tracking import configure_tracking
+
+    settings = get_settings()
+    configure_tracking(settings)
+    name = experiment or settings.experiment_pipeline
+    table = fetch_pipeline_runs.fn(name, max_runs)
+    if table.empty:
+        typer.echo(f"no runs in MLflow experiment {name!r}")
+        return
+    table["run_id"] = table["run_id"].str[:12]
+    if "n_selected" in table:
+        table["n_selected"] = table["n_selected"].astype("Int64")
+    typer.echo(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+
+
+def _wait_for_prefect(api_url: str, timeout_s: float = 180.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise typer.BadParameter(f"no Prefect API answered at {api_url} within {timeout_s:.0f} s")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
+    api_url: Annotated[
+        str | None, typer.Option(help="Use this Prefect API instead of starting a server.")
+    ] = None,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(help="Work pool to start a worker for (repeatable); default: all pools."),
+    ] = None,
+    prefect_file: Annotated[Path, typer.Option(help="Deployments.")] = Path("infra/prefect.yaml"),
+) -> None:
+    """Start a Prefect server and workers on 127.0.0.1 and apply infra/prefect.yaml."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from hal_core.settings import PROJECT_ROOT
+
+    spec_path = prefect_file if prefect_file.is_absolute() else PROJECT_ROOT / prefect_file
+    deployments = (yaml.safe_load(spec_path.read_text()) or {}).get("deployments") or []
+    pools = sorted({d["work_pool"]["name"] for d in deployments})
+    ready = [d for d in deployments if (PROJECT_ROOT / d["entrypoint"].split(":")[0]).is_file()]
+    for skipped in [d for d in deployments if d not in ready]:
+        typer.echo(f"skipping deployment {skipped['name']!r}: {skipped['entrypoint']} not found")
+    env = {**os.environ, "HAL_PROJECT_DIR": os.environ.get("HAL_PROJECT_DIR", str(PROJECT_ROOT))}
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    children: list[subprocess.Popen] = []
+    try:
+        if api_url is None:
+            api_url = f"http://127.0.0.1:{port}/api"
+            server = [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+            children.append(subprocess.Popen(server, env=env))
+        env["PREFECT_API_URL"] = api_url
+        _wait_for_prefect(api_url)
+        for name in pools:
+            create = [*prefect, "work-pool", "create", name, "--type", "process", "--overwrite"]
+            subprocess.run(create, env=env, check=True)
+        names = [flag for d in ready for flag in ("--name", d["name"])]
+        deploy = [*prefect, "deploy", "--prefect-file", str(spec_path), *names]
+        subprocess.run(deploy, env=env, cwd=PROJECT_ROOT, check=True)
+        for name in pool or pools:
+            worker = [*prefect, "worker", "start", "--pool", name, "--type", "process"]
+            children.append(subprocess.Popen(worker, env=env, cwd=PROJECT_ROOT))
+        typer.echo(f"Prefect API {api_url}; workers on {', '.join(pool or pools)}; Ctrl-C stops")
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in reversed(children):
+            child.terminate()
+        for child in reversed(children):
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 if __name__ == "__main__":

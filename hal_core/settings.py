@@ -46,6 +46,7 @@ class HalSettings(BaseSettings):
         description="MLflow tracking URI (HAL_TRACKING_URI, else MLFLOW_TRACKING_URI); "
         "default: a SQLite store under HAL_HOME.",
     )
+    experiment_data: str = Field(default="hal-data", description="MLflow experiment.")
     experiment_reward: str = Field(default="hal-reward", description="MLflow experiment.")
     experiment_traits: str = Field(default="hal-traits", description="MLflow experiment.")
     experiment_rating: str = Field(default="hal-rating", description="MLflow experiment.")

@@ -1,0 +1,84 @@
+"""Flow ``validate_data``: check every dataset of the HAL data folder against its contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel, ConfigDict, Field
+
+from hal_core.settings import get_settings
+from tasks import tracking
+from tasks.contracts import DATASET_CONTRACTS
+from tasks.reward import load_table
+from tasks.validation import validate_dataset
+
+
+class ValidateDataParams(BaseModel):
+    """Which files to check and what to do with rows that break a contract."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: dict[str, str] = Field(
+        default_factory=lambda: dict(DATASET_CONTRACTS),
+        description="File (glob, relative to the data folder) -> contract name.",
+    )
+    policy: Literal["fail", "quarantine"] = Field(
+        default="quarantine", description="Stop at the first bad file, or quarantine bad rows."
+    )
+    parent_run_id: str | None = Field(default=None, description="MLflow run to nest under.")
+
+
+class DatasetSummary(BaseModel):
+    file: str
+    contract: str
+    rows: int
+    valid_rows: int
+    quarantined_rows: int
+    failed_expectations: list[str]
+
+
+@flow(name="validate_data", log_prints=True)
+def validate_data(params: ValidateDataParams | None = None) -> list[DatasetSummary]:
+    """Validate the data folder; every check's result and Data Docs go to MLflow."""
+    params = params or ValidateDataParams()
+    settings = get_settings()
+    data_dir = settings.require_data_dir()
+    files = {
+        path: contract
+        for pattern, contract in params.datasets.items()
+        for path in sorted(data_dir.glob(pattern))
+    }
+    if not files:
+        raise FileNotFoundError(f"{data_dir}: no file matches {sorted(params.datasets)}")
+    summaries: list[DatasetSummary] = []
+    with tracking.stage_run(
+        "validate_data", settings.experiment_data, settings, params.parent_run_id
+    ) as run:
+        tracking.log_inputs(run.info.run_id, {str(p.relative_to(data_dir)): p for p in files})
+        for path, contract in files.items():
+            report = validate_dataset(
+                load_table(path), contract, params.policy, settings, run.info.run_id
+            )
+            summaries.append(
+                DatasetSummary(
+                    file=str(path.relative_to(data_dir)),
+                    contract=contract,
+                    rows=report.n_rows,
+                    valid_rows=len(report.valid),
+                    quarantined_rows=len(report.quarantined),
+                    failed_expectations=[failure.describe(3) for failure in report.failures],
+                )
+            )
+        total_quarantined = sum(s.quarantined_rows for s in summaries)
+        tracking.log_metrics(run.info.run_id, {"validation.quarantined_rows": total_quarantined})
+        tracking.log_json(run.info.run_id, [s.model_dump() for s in summaries], "summary.json")
+    create_table_artifact(
+        key="data-validation",
+        table=[s.model_dump(exclude={"failed_expectations"}) for s in summaries],
+        description=f"Data contracts: {total_quarantined} rows quarantined",
+    )
+    for summary in summaries:
+        print(f"{summary.file}: {summary.valid_rows}/{summary.rows} valid")
+    return summaries

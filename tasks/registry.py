@@ -1,0 +1,51 @@
+"""MLflow Model Registry entries of hal: the reward as a pyfunc model."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+from hal_core.reward import HLReward
+
+REWARD_MODEL_NAME = "hal-reward"
+REWARD_ARTIFACT_KEY = "reward"
+
+
+class RewardPyfunc(mlflow.pyfunc.PythonModel):
+    """Scores a DataFrame with one column per trait id; returns HL scores."""
+
+    def load_context(self, context) -> None:
+        self.reward = HLReward.load(context.artifacts[REWARD_ARTIFACT_KEY])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        return pd.Series(self.reward.score(model_input), name="hl", index=model_input.index)
+
+
+def log_reward_model(
+    reward: HLReward, reward_path: str, registered_name: str | None, alias: str | None
+) -> str | None:
+    """Log the reward as a pyfunc model in the active run; register and alias it if asked."""
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("double", trait_id) for trait_id in reward.trait_ids]),
+        outputs=Schema([ColSpec("double", "hl")]),
+    )
+    info = mlflow.pyfunc.log_model(
+        name="reward_model",
+        python_model=RewardPyfunc(),
+        artifacts={REWARD_ARTIFACT_KEY: reward_path},
+        signature=signature,
+        registered_model_name=registered_name,
+        pip_requirements=["mlflow", "pandas", "numpy", "scikit-learn", "pydantic"],
+        metadata={"reward_version": reward.version, "trait_ids": reward.trait_ids},
+    )
+    if registered_name is None:
+        return None
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(registered_name, version, "reward_version", reward.version)
+    if alias:
+        client.set_registered_model_alias(registered_name, alias, version)
+    return version

@@ -1,0 +1,102 @@
+"""Corrupted copies of the real ratings table are caught with file, row and rule."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from hal_core.tables import read_table
+from tasks.validation import check_contract
+
+
+def _set(column, index, value):
+    """A corruption that writes ``value(frame)`` into one cell (0-based index)."""
+
+    def corrupt(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame.loc[index, column] = value(frame)
+        return frame
+
+    return corrupt
+
+
+# name: (corruption, 1-based rows it breaks, expectation that must catch it)
+CORRUPTIONS = {
+    "rating of 7": (
+        _set("likert_evaluation_A", 3, lambda f: "[7" + f.likert_evaluation_A[3][2:]),
+        [4],
+        "expect_column_values_to_match_json_schema",
+    ),
+    "31-item list": (
+        _set("likert_evaluation_B", 10, lambda f: json.dumps([3] * 31)),
+        [11],
+        "expect_column_values_to_match_json_schema",
+    ),
+    "empty transcript": (
+        _set("conversation_A_transcript", 20, lambda f: ""),
+        [21],
+        "expect_column_values_to_not_be_null",
+    ),
+    "duplicated game id": (
+        _set("game_id", 30, lambda f: f.game_id[31]),
+        [31, 32],
+        "expect_column_values_to_be_unique",
+    ),
+    "non-list cell": (
+        _set("likert_evaluation_A", 40, lambda f: "five"),
+        [41],
+        "expect_column_values_to_not_be_null",
+    ),
+    "label inconsistent with who_is_human": (
+        _set("label_A", 50, lambda f: "gpt-4o" if f.label_A[50] == "Human" else "Human"),
+        [51],
+        "expect_column_values_to_be_in_set",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def corrupted_file(data_dir, tmp_path_factory):
+    frame = pd.read_csv(data_dir / "turing" / "ratings32_gpt-5.csv")
+    for corrupt, _, _ in CORRUPTIONS.values():
+        frame = corrupt(frame)
+    path = tmp_path_factory.mktemp("corrupt") / "ratings32_corrupt.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_real_ratings_pass_their_contract(data_dir, tmp_path):
+    report = check_contract(
+        read_table(data_dir / "turing" / "ratings32_gpt-5.csv"),
+        "turing_ratings32",
+        "fail",
+        tmp_path,
+    )
+    assert report.success and report.error is None and len(report.valid) == 557
+    assert (report.docs_path / "index.html").exists()
+
+
+def test_fail_policy_names_file_rows_and_rules(corrupted_file, tmp_path):
+    report = check_contract(read_table(corrupted_file), "turing_ratings32", "fail", tmp_path)
+    assert report.error is not None and len(report.valid) == 0
+    assert "ratings32_corrupt.csv" in report.error
+    for name, (_, rows, rule) in CORRUPTIONS.items():
+        matching = [f for f in report.failures if f.expectation == rule]
+        flagged = {row["_row"] for failure in matching for row in failure.rows}
+        assert set(rows) <= flagged, name
+        for row in rows:
+            assert f"row {row} " in report.error, name
+    assert "expect_column_values_to_match_json_schema on column 'likert_evaluation_A__json'" in (
+        report.error
+    )
+
+
+def test_quarantine_keeps_every_valid_row(corrupted_file, tmp_path):
+    report = check_contract(read_table(corrupted_file), "turing_ratings32", "quarantine", tmp_path)
+    bad_rows = {row for _, rows, _ in CORRUPTIONS.values() for row in rows}
+    assert set(report.quarantined["_row"]) == bad_rows
+    assert len(report.valid) == 557 - len(bad_rows)
+    assert set(report.valid["_row"]).isdisjoint(bad_rows)
+    quarantined = pd.read_csv(report.quarantine_path)
+    assert quarantined["_failed_rules"].str.contains("expect_").all()
+    assert report.error is None
