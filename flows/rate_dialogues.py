@@ -1,0 +1,149 @@
+"""Flow ``rate_dialogues``: dialogues + judge config -> ratings table (one column per trait id).
+
+Every dialogue ends rated or failed with its reason. Results are committed to a SQLite cache
+as they arrive, so a killed run, started again, asks only for what is missing::
+
+    hal rate synthlabs/candidates_test.csv --speakers doctor_visit \\
+        --questionnaire questionnaires/hal32q.json --model gpt-5-mini --concurrency 64
+    hal rate my_dialogues.csv --judge judge.yaml --limit 200   # judge.yaml: a JudgeConfig
+    hal rate dialogues.csv --backend openai --base-url http://localhost:8000/v1 --model llama
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.judges import JudgeConfig, OpenAIJudgeConfig
+from hal_core.judges.runner import ratings_table
+from hal_core.settings import HalSettings, get_settings
+from tasks import tracking
+from tasks.rating import (
+    log_rating_run,
+    rate_with_judge,
+    read_dialogues,
+    read_questionnaire,
+    save_ratings,
+    summary_line,
+)
+
+
+class RateDialoguesParams(BaseModel):
+    """Parameters of the rating stage (the Prefect UI renders them as a form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file: str = Field(
+        description="CSV with one dialogue per row; relative paths are looked up here first, "
+        "then in the data folder."
+    )
+    text_column: str = Field(default="dialogue", description="Column with the dialogue text.")
+    id_column: str | None = Field(
+        default=None, description="Column with unique item ids; None = the row number."
+    )
+    questionnaire_file: str = Field(
+        default="questionnaires/hal32q.json", description="Questionnaire JSON (traits by id)."
+    )
+    speakers: Literal["turing", "doctor_visit"] = Field(
+        default="turing",
+        description="Who is rated: turing = witness W (interrogator I), doctor_visit = patient "
+        "P (doctor D).",
+    )
+    speaker_tags: SpeakerTags | None = Field(
+        default=None,
+        description="Custom line tags of the rated and other speakers (wins over speakers).",
+    )
+    judge: JudgeConfig = Field(
+        default_factory=OpenAIJudgeConfig, description="Which judge rates (by backend)."
+    )
+    output_file: str | None = Field(
+        default=None, description="Ratings CSV; None = HAL_HOME/ratings/<input>-<judge>.csv."
+    )
+    cache_file: str | None = Field(
+        default=None, description="SQLite rating cache; None = HAL_HOME/cache/ratings.sqlite."
+    )
+    retry_failures: Literal["none", "transient", "all"] = Field(
+        default="transient",
+        description="Which failures stored by earlier runs are asked again.",
+    )
+    limit: int | None = Field(default=None, ge=1, description="Rate only the first N rows.")
+    progress: bool = Field(default=False, description="Show a progress bar on stderr.")
+    parent_run_id: str | None = Field(
+        default=None, description="MLflow run to nest under (set by the pipeline)."
+    )
+
+
+class RateDialoguesResult(BaseModel):
+    run_id: str
+    output_file: str
+    judge_fingerprint: str
+    questionnaire_version: str
+    metrics: dict[str, float]
+
+
+def _input_path(name: str, settings: HalSettings) -> Path:
+    path = Path(name)
+    return path.resolve() if path.is_absolute() or path.exists() else settings.data_path(path)
+
+
+def _tags(params: RateDialoguesParams) -> SpeakerTags:
+    if params.speaker_tags is not None:
+        return params.speaker_tags
+    return SpeakerTags.doctor_visit() if params.speakers == "doctor_visit" else SpeakerTags.turing()
+
+
+@flow(name="rate_dialogues", log_prints=True)
+def rate_dialogues(params: RateDialoguesParams) -> RateDialoguesResult:
+    """Rate the rated speaker of every dialogue on every trait of a questionnaire."""
+    settings = get_settings()
+    input_path = _input_path(params.input_file, settings)
+    questionnaire_path = _input_path(params.questionnaire_file, settings)
+    cache_path = Path(params.cache_file or settings.home_dir / "cache" / "ratings.sqlite")
+    tags = _tags(params)
+    with tracking.stage_run(
+        "rate_dialogues", settings.experiment_rating, settings, params.parent_run_id
+    ) as run:
+        run_id = run.info.run_id
+        hashes = tracking.log_inputs(
+            run_id, {"dialogues": input_path, "questionnaire": questionnaire_path}
+        )
+        questionnaire = read_questionnaire(questionnaire_path)
+        dialogues = read_dialogues(input_path, params.text_column, params.id_column, params.limit)
+        rating = rate_with_judge(
+            dialogues[params.text_column].tolist(),
+            questionnaire,
+            tags,
+            params.judge,
+            cache_path,
+            params.retry_failures,
+            settings.data_dir,
+            params.progress,
+        )
+        table = ratings_table(rating, questionnaire, dialogues["item_id"].tolist())
+        output_path = Path(
+            params.output_file
+            or settings.home_dir / "ratings" / f"{input_path.stem}-{rating.fingerprint[:12]}.csv"
+        )
+        save_ratings(table, output_path)
+        metrics = log_rating_run(
+            run_id,
+            rating,
+            params.judge,
+            questionnaire,
+            tags,
+            output_path,
+            hashes,
+            params.retry_failures,
+        )
+        print(f"ratings: {output_path} {summary_line(metrics)}")
+    return RateDialoguesResult(
+        run_id=run_id,
+        output_file=str(output_path),
+        judge_fingerprint=rating.fingerprint,
+        questionnaire_version=questionnaire.version,
+        metrics=metrics,
+    )

@@ -1,0 +1,35 @@
+"""Judges: rate any dialogue on any questionnaire through an LLM API, a local model or
+recorded ratings. Build one from a typed config with :func:`build_judge`; rate through the
+cache with :func:`rate_cached`."""
+
+from hal_core.judges.config import (
+    HFJudgeConfig,
+    JudgeConfig,
+    LocalJudgeConfig,
+    OpenAIJudgeConfig,
+    RecordedColumns,
+    RecordedJudgeConfig,
+    load_judge_config,
+    parse_judge_config,
+)
+from hal_core.judges.registry import LOCAL_JUDGE_TARGET, backends, build_judge, register_backend
+from hal_core.judges.runner import RatingRun, RatingStats, rate_cached, ratings_table
+
+__all__ = [
+    "LOCAL_JUDGE_TARGET",
+    "HFJudgeConfig",
+    "JudgeConfig",
+    "LocalJudgeConfig",
+    "OpenAIJudgeConfig",
+    "RatingRun",
+    "RatingStats",
+    "RecordedColumns",
+    "RecordedJudgeConfig",
+    "backends",
+    "build_judge",
+    "load_judge_config",
+    "parse_judge_config",
+    "rate_cached",
+    "ratings_table",
+    "register_backend",
+]

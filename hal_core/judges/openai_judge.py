@@ -1,0 +1,419 @@
+"""A judge behind any OpenAI-compatible chat-completions endpoint, async and fault-tolerant.
+
+Requests run concurrently up to ``concurrency``. A request that meets 429, 408, 409, a 5xx, a
+timeout or a dropped connection is retried with exponential backoff and jitter, waiting at
+least the server's ``Retry-After`` when it sends one. A reply that is not valid JSON, misses
+a trait id or rates outside the scale gets exactly one repair request; if that fails too the
+item is recorded as failed with the reason - a rating is never guessed. 401/403/404 stop the
+run (every request would fail the same way). The API key is held privately and scrubbed
+from every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import json
+import os
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.judges.asyncio_bridge import run_sync
+from hal_core.judges.config import API_KEY_ENV, OpenAIJudgeConfig
+from hal_core.judges.prompting import (
+    EmptyDialogueError,
+    rating_messages,
+    render_dialogue,
+    repair_messages,
+    statement_messages,
+)
+from hal_core.judges.replies import (
+    ReplyError,
+    parse_rating_reply,
+    parse_statements_reply,
+    rating_reply_schema,
+    response_format,
+    statements_reply_schema,
+)
+from hal_core.judging import (
+    Game,
+    JudgeConfigurationError,
+    RatingResult,
+    ResultCallback,
+    StatementProposal,
+)
+from hal_core.questionnaire import Questionnaire
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+FATAL_STATUS = frozenset({401, 403, 404})
+
+
+class _GaveUp(Exception):
+    """Retries exhausted on transient faults."""
+
+
+class _Rejected(Exception):
+    """The endpoint refused the request (4xx other than the retryable and fatal ones)."""
+
+
+@dataclass
+class _Usage:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, usage: dict | None) -> None:
+        if usage:
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds a server asked us to wait (``retry-after-ms``, ``retry-after`` secs or date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: loading the CA bundle costs ~0.1 s per client."""
+    return httpx2.create_ssl_context()
+
+
+def _reply_text(payload: dict, usage: _Usage) -> str | None:
+    """The assistant's text (or refusal) of a chat-completion JSON; counts its tokens."""
+    usage.add(payload.get("usage"))
+    choices = payload["choices"]
+    if not choices:
+        return None
+    message = choices[0]["message"]
+    content = message.get("content")
+    return content if content is not None else message.get("refusal")
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real error inside a task group's exception group (a config error first)."""
+    errors = list(group.exceptions)
+    while any(isinstance(error, BaseExceptionGroup) for error in errors):
+        errors = [
+            inner
+            for error in errors
+            for inner in (error.exceptions if isinstance(error, BaseExceptionGroup) else [error])
+        ]
+    configuration = [e for e in errors if isinstance(e, JudgeConfigurationError)]
+    return (configuration or errors)[0]
+
+
+class OpenAIJudge:
+    """Rates dialogues through chat completions; implements Judge, StreamingJudge and
+    StatementProposer."""
+
+    def __init__(
+        self,
+        config: OpenAIJudgeConfig,
+        api_key: str | None = None,
+        client_factory: Callable[[], openai.AsyncOpenAI] | None = None,
+    ) -> None:
+        self.config = config
+        # Callers pass the key (tasks/rating.py resolves env and Prefect Secret blocks); when
+        # none is passed, the environment is read here, as the openai client itself would.
+        self.__api_key = (
+            api_key or os.environ.get(API_KEY_ENV) or os.environ.get(config.api_key_env) or None
+        )
+        self._client_factory = client_factory
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        return f"OpenAIJudge(model={self.config.model!r}, base_url={self.config.base_url!r})"
+
+    def fingerprint(self) -> str:
+        return self.config.fingerprint()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def rate(
+        self,
+        dialogues: Sequence[str],
+        questionnaire: Questionnaire,
+        tags: SpeakerTags,
+        item_ids: Sequence[str] | None = None,
+    ) -> list[RatingResult]:
+        results: list[RatingResult | None] = [None] * len(dialogues)
+
+        def keep(position: int, result: RatingResult) -> None:
+            results[position] = result
+
+        self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep)
+        return [result for result in results if result is not None]
+
+    def rate_streaming(
+        self,
+        dialogues: Sequence[str],
+        questionnaire: Questionnaire,
+        tags: SpeakerTags,
+        item_ids: Sequence[str] | None,
+        on_result: ResultCallback,
+    ) -> None:
+        ids = list(item_ids) if item_ids is not None else [str(i) for i in range(len(dialogues))]
+        if len(ids) != len(dialogues):
+            raise ValueError(f"{len(ids)} item ids for {len(dialogues)} dialogues")
+        run_sync(self._rate_all(list(dialogues), ids, questionnaire, tags, on_result))
+
+    def propose_statements(
+        self, games: Sequence[Game], tags: SpeakerTags
+    ) -> list[StatementProposal]:
+        return run_sync(self._propose_all(list(games), tags))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        key = self.__api_key
+        return text.replace(key, "***") if key else text
+
+    def _client(self) -> openai.AsyncOpenAI:
+        if self._client_factory is not None:
+            return self._client_factory()
+        key = self.__api_key
+        if not key:
+            if self.config.base_url is None:
+                raise JudgeConfigurationError(
+                    f"no API key for {self.config.model}: set {self.config.api_key_env} or "
+                    "name a Prefect Secret block in api_key_secret_block"
+                )
+            key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) often take none
+        connections = max(64, 2 * self.config.concurrency)
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+        if self.config.http_transport == "aiohttp":
+            # less client CPU per request than the httpx transport (bench/judge_throughput.py)
+            http_client = openai.DefaultAioHttpClient(limits=limits, verify=_tls_context())
+        else:
+            transport = httpx2.AsyncHTTPTransport(
+                verify=_tls_context(),
+                # headers and body go out in two writes; without TCP_NODELAY, Nagle + delayed
+                # ACK can stall every keep-alive request by ~40 ms
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                limits=limits,
+            )
+            http_client = openai.DefaultAsyncHttpxClient(transport=transport)
+        return openai.AsyncOpenAI(
+            api_key=key,
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=0,  # retries are ours: backoff with jitter, Retry-After, accounting
+            http_client=http_client,
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
+        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+
+    async def _complete(
+        self, client: openai.AsyncOpenAI, messages: list[dict], fmt: dict | None, usage: _Usage
+    ) -> str | None:
+        """One completion's text, retried on transient faults."""
+        config = self.config
+        body: dict[str, Any] = {"model": config.model, "messages": messages}
+        if fmt is not None:
+            body["response_format"] = fmt
+        for name in ("temperature", "max_completion_tokens", "reasoning_effort", "seed"):
+            value = getattr(config, name)
+            if value is not None:
+                body[name] = value
+        last = "no attempt"
+        for attempt in range(config.max_retries + 1):
+            usage.requests += 1
+            wait: float | None = None
+            try:
+                # The client's generic post: same transport, auth, timeouts and typed errors
+                # as chat.completions.create, minus two per-request costs we do not need:
+                # re-walking our plain-JSON body through the typed parameter transform, and
+                # building a typed ChatCompletion (we read three fields of the JSON).
+                raw = await client.post(
+                    "/chat/completions",
+                    cast_to=bytes,
+                    body=body,
+                    options={"timeout": config.timeout_s},
+                )
+            except openai.APITimeoutError:
+                last = f"timed out after {config.timeout_s:g} s"
+            except openai.APIConnectionError as error:
+                last = f"connection error ({type(error.__cause__ or error).__name__})"
+            except openai.APIStatusError as error:
+                status = error.status_code
+                message = self._scrub(str(error.message))[:300]
+                if status in FATAL_STATUS:
+                    raise JudgeConfigurationError(
+                        f"HTTP {status} from {config.base_url or 'api.openai.com'} for model "
+                        f"{config.model}: {message}"
+                    ) from None
+                if status not in RETRYABLE_STATUS and status < 500:
+                    raise _Rejected(f"HTTP {status}: {message}") from None
+                last = f"HTTP {status}"
+                wait = retry_after_seconds(error.response.headers)
+            except openai.APIError as error:
+                last = f"{type(error).__name__}: {self._scrub(str(error))[:200]}"
+            else:
+                try:
+                    return _reply_text(json.loads(raw), usage)
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                    last = "HTTP 200 with a body that is not a chat completion"
+            if attempt == config.max_retries:
+                break
+            if wait is not None:
+                delay = min(wait, config.max_retry_after_s) + self._random.uniform(0, 0.1 * wait)
+            else:
+                delay = self._backoff(attempt)
+            await asyncio.sleep(delay)
+        raise _GaveUp(f"{last}; gave up after {config.max_retries + 1} attempts")
+
+    async def _ask(
+        self,
+        client: openai.AsyncOpenAI,
+        messages: list[dict],
+        fmt: dict | None,
+        parse: Callable[[str | None], Any],
+        usage: _Usage,
+    ) -> tuple[Any, tuple[str, str] | None]:
+        """(parsed reply, None) or (None, (error kind, reason)); one repair when malformed."""
+        try:
+            reply = await self._complete(client, messages, fmt, usage)
+            try:
+                return parse(reply), None
+            except ReplyError as error:
+                if not self.config.repair:
+                    return None, ("invalid", f"invalid reply: {error}")
+                first = error
+            repaired = repair_messages(messages, reply or "", first.problems)
+            reply = await self._complete(client, repaired, fmt, usage)
+            try:
+                return parse(reply), None
+            except ReplyError as error:
+                return None, (
+                    "invalid",
+                    f"invalid reply after one repair request: {error} (first reply: {first})",
+                )
+        except _GaveUp as error:
+            return None, ("transient", str(error))
+        except _Rejected as error:
+            return None, ("rejected", str(error))
+
+    async def _rate_one(
+        self,
+        client: openai.AsyncOpenAI,
+        text: str,
+        item_id: str,
+        questionnaire: Questionnaire,
+        tags: SpeakerTags,
+        fmt: dict | None,
+    ) -> RatingResult:
+        try:
+            rendered = render_dialogue(text, tags, self.config.include_other_speakers)
+        except EmptyDialogueError as error:
+            return RatingResult(item_id=item_id, error=str(error), error_kind="input")
+        usage = _Usage()
+        started = time.perf_counter()
+        messages = rating_messages(rendered, questionnaire, tags)
+        ratings, failure = await self._ask(
+            client, messages, fmt, lambda reply: parse_rating_reply(reply, questionnaire), usage
+        )
+        common = {
+            "item_id": item_id,
+            "latency_s": time.perf_counter() - started,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "requests": usage.requests,
+        }
+        if failure is not None:
+            kind, reason = failure
+            return RatingResult(error=self._scrub(reason), error_kind=kind, **common)
+        return RatingResult(ratings={k: float(v) for k, v in ratings.items()}, **common)
+
+    async def _rate_all(
+        self,
+        dialogues: list[str],
+        ids: list[str],
+        questionnaire: Questionnaire,
+        tags: SpeakerTags,
+        on_result: ResultCallback,
+    ) -> None:
+        fmt = response_format(
+            rating_reply_schema(questionnaire), "ratings", self.config.response_mode
+        )
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        client = self._client()
+
+        async def one(position: int) -> None:
+            async with semaphore:
+                result = await self._rate_one(
+                    client, dialogues[position], ids[position], questionnaire, tags, fmt
+                )
+            on_result(position, result)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for position in range(len(dialogues)):
+                    group.create_task(one(position))
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            await client.close()
+
+    async def _propose_all(self, games: list[Game], tags: SpeakerTags) -> list[StatementProposal]:
+        fmt = response_format(statements_reply_schema(), "statements", self.config.response_mode)
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        client = self._client()
+
+        async def one(game: Game) -> StatementProposal:
+            usage = _Usage()
+            messages = statement_messages(game.transcript_a, game.transcript_b, tags)
+            async with semaphore:
+                parsed, failure = await self._ask(
+                    client, messages, fmt, parse_statements_reply, usage
+                )
+            tokens = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            }
+            if failure is not None:
+                return StatementProposal(
+                    game_id=game.game_id, error=f"{failure[0]}: {failure[1]}", **tokens
+                )
+            verdict, statements = parsed
+            return StatementProposal(
+                game_id=game.game_id, verdict=verdict, statements=statements, **tokens
+            )
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(game)) for game in games]
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            await client.close()
+        return [task.result() for task in tasks]

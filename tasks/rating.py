@@ -1,0 +1,237 @@
+"""Tasks of the rating stage: read dialogues, rate them through judge + cache, save, log."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.judges import JudgeConfig, build_judge, rate_cached
+from hal_core.judges.config import API_KEY_ENV, OpenAIJudgeConfig
+from hal_core.judges.runner import ID_COLUMN, RatingRun, RetryPolicy
+from hal_core.judging import JudgeConfigurationError
+from hal_core.questionnaire import Questionnaire
+from hal_core.rating_cache import RatingCache
+from hal_core.tables import ROW_COLUMN, TableError, read_table
+from tasks import tracking
+
+
+def resolve_api_key(config: JudgeConfig) -> str | None:
+    """The judge's API key from its Prefect Secret block or the environment; never logged."""
+    if not isinstance(config, OpenAIJudgeConfig):
+        return None
+    if config.api_key_secret_block:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(config.api_key_secret_block).get()
+        return str(value) if value else None
+    for name in (API_KEY_ENV, config.api_key_env):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+@task(name="read_questionnaire", cache_policy=NO_CACHE)
+def read_questionnaire(path: Path) -> Questionnaire:
+    """Read a questionnaire JSON (without importing the reward stage's plotting stack)."""
+    return Questionnaire.load(path)
+
+
+@task(name="read_dialogues", cache_policy=NO_CACHE)
+def read_dialogues(
+    path: Path, text_column: str, id_column: str | None, limit: int | None = None
+) -> pd.DataFrame:
+    """Read the dialogues to rate: one per row, with a unique ``item_id``."""
+    table = read_table(path)
+    if text_column not in table.columns:
+        raise TableError(
+            f"{path}: no column {text_column!r} (rule: the dialogue column must exist); "
+            f"columns: {[c for c in table.columns if c != ROW_COLUMN]}"
+        )
+    if limit is not None:
+        table = table.head(limit).copy()
+    if id_column is None:
+        ids = table[ROW_COLUMN].astype(str)
+    elif id_column not in table.columns:
+        raise TableError(f"{path}: no id column {id_column!r} (rule: the id column must exist)")
+    else:
+        ids = table[id_column].astype(str)
+        repeated = table.loc[ids.duplicated(keep=False), ROW_COLUMN].tolist()
+        if repeated:
+            raise TableError(
+                f"{path} rows {repeated[:10]}: {id_column} repeats (rule: item ids are unique)"
+            )
+    table.insert(0, ID_COLUMN, ids.to_numpy())
+    table[text_column] = table[text_column].fillna("").astype(str)
+    return table
+
+
+def _retry_unless_misconfigured(task, task_run, state) -> bool:
+    return not isinstance(getattr(state, "data", None), JudgeConfigurationError)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="dialogue", desc="rating", dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+@task(
+    name="rate_with_judge",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_unless_misconfigured,
+)
+def rate_with_judge(
+    dialogues: list[str],
+    questionnaire: Questionnaire,
+    tags: SpeakerTags,
+    judge_config: JudgeConfig,
+    cache_path: Path,
+    retry_failures: RetryPolicy = "transient",
+    data_dir: Path | None = None,
+    progress: bool = False,
+) -> RatingRun:
+    """Rate dialogues through the cache, committing each result as it arrives."""
+    judge = build_judge(judge_config, api_key=resolve_api_key(judge_config), data_dir=data_dir)
+    with RatingCache(cache_path) as cache, _progress_bar(progress) as on_progress:
+        run = rate_cached(
+            judge,
+            dialogues,
+            questionnaire,
+            tags,
+            cache,
+            retry_failures=retry_failures,
+            on_progress=on_progress,
+        )
+    stats = run.stats
+    get_run_logger().info(
+        "rated %d, failed %d, cache hits %d, requested %d (judge %s)",
+        stats.rated,
+        stats.failed,
+        stats.cache_hits,
+        stats.requested,
+        run.fingerprint,
+    )
+    return run
+
+
+@task(name="save_ratings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def save_ratings(table: pd.DataFrame, path: Path) -> Path:
+    """Write the ratings table as CSV, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        table.to_csv(handle, index=False)
+    Path(handle.name).replace(path)
+    return path
+
+
+def rating_metrics(run: RatingRun, judge_config: JudgeConfig) -> dict[str, float]:
+    """The stage's metrics: counts, tokens, latency quantiles and estimated cost."""
+    stats = run.stats
+    tokens = stats.prompt_tokens + stats.completion_tokens
+    cost = (
+        judge_config.estimated_cost(stats.prompt_tokens, stats.completion_tokens)
+        if isinstance(judge_config, OpenAIJudgeConfig)
+        else 0.0
+    )
+    metrics = {
+        "items": stats.items,
+        "unique_dialogues": stats.unique,
+        "rated": stats.rated,
+        "failures": stats.failed,
+        "cache_hits": stats.cache_hits,
+        "requested": stats.requested,
+        "requests": stats.requests,
+        "tokens": tokens,
+        "tokens.prompt": stats.prompt_tokens,
+        "tokens.completion": stats.completion_tokens,
+        "latency_p50_s": stats.latency_quantile(0.5),
+        "latency_p95_s": stats.latency_quantile(0.95),
+        "estimated_cost_usd": cost,
+    }
+    for kind, count in stats.failures_by_kind.items():
+        metrics[f"failures.{kind}"] = count
+    return {key: float(value) for key, value in metrics.items() if not np.isnan(value)}
+
+
+def _param_text(value: object, limit: int = 1000) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@task(name="log_rating_run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def log_rating_run(
+    run_id: str,
+    run: RatingRun,
+    judge_config: JudgeConfig,
+    questionnaire: Questionnaire,
+    tags: SpeakerTags,
+    table_path: Path,
+    input_hashes: dict[str, str],
+    retry_failures: str,
+) -> dict[str, float]:
+    """Log judge params, rating metrics, the ratings table and a summary to MLflow."""
+    config = judge_config.model_dump(mode="json")
+    params = {
+        f"judge.{key}": _param_text(value) for key, value in config.items() if value is not None
+    }
+    params.update(
+        {
+            "judge.fingerprint": run.fingerprint,
+            "questionnaire.name": questionnaire.name,
+            "questionnaire.version": questionnaire.version,
+            "speakers.rated": " ".join(tags.rated),
+            "speakers.others": " ".join(tags.others),
+            "retry_failures": retry_failures,
+        }
+    )
+    tracking.log_params(run_id, params)
+    metrics = rating_metrics(run, judge_config)
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_file(run_id, table_path, "tables")
+    table = pd.read_csv(table_path)
+    failures = table.loc[table["status"] != "rated", [ID_COLUMN, "error_kind", "error"]]
+    tracking.log_json(
+        run_id,
+        {
+            "inputs": input_hashes,
+            "judge": {"fingerprint": run.fingerprint, "config": config},
+            "questionnaire": {"name": questionnaire.name, "version": questionnaire.version},
+            "metrics": metrics,
+            "failures": failures.to_dict(orient="records"),
+        },
+        "rating_summary.json",
+    )
+    return metrics
+
+
+def summary_line(metrics: dict[str, float]) -> str:
+    keys = ("rated", "failures", "cache_hits", "requests", "tokens", "latency_p50_s")
+    return json.dumps({key: metrics.get(key) for key in keys})

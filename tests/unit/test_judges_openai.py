@@ -1,0 +1,150 @@
+"""The OpenAI-compatible judge against a local fake server that injects faults."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.judges import OpenAIJudgeConfig, build_judge
+from hal_core.judges.prompting import rating_messages, render_dialogue
+from hal_core.judging import Game, JudgeConfigurationError
+from hal_core.questionnaire import Questionnaire, Trait
+from tests.fakes.openai_server import FakeOpenAIServer, FaultPlan, expected_rating, item_key
+
+KEY = "sk-unit-test-key-0123456789"
+TAGS = SpeakerTags.turing()
+QUESTIONNAIRE = Questionnaire(
+    name="mini",
+    traits=tuple(Trait(id=f"t{i:02d}", text=f"Statement number {i}.") for i in range(1, 7)),
+)
+
+
+def _dialogues(n: int) -> list[str]:
+    return [f"I: hello there {i}\nW: hey, im number {i} lol\nI: ok\nW: bye" for i in range(n)]
+
+
+def _judge(server: FakeOpenAIServer, **overrides):
+    settings = {
+        "model": "fake-judge",
+        "base_url": server.base_url,
+        "concurrency": 8,
+        "timeout_s": 0.4,
+        "max_retries": 3,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        **overrides,
+    }
+    return build_judge(OpenAIJudgeConfig(**settings), api_key=KEY)
+
+
+def _key_of(dialogue: str) -> str:
+    rendered = render_dialogue(dialogue, TAGS)
+    return item_key(rating_messages(rendered, QUESTIONNAIRE, TAGS))
+
+
+def _expected(dialogue: str) -> dict[str, float]:
+    key = _key_of(dialogue)
+    return {t: float(expected_rating(key, t)) for t in QUESTIONNAIRE.trait_ids}
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", "server_error", "hang", "broken_body"])
+def test_transient_faults_are_retried_until_rated(fault: str) -> None:
+    plan = FaultPlan(**{fault: 1.0}, retry_after_s=0.3, hang_s=1.0)
+    dialogue = _dialogues(1)[0]
+    with FakeOpenAIServer(faults=plan, api_key=KEY) as server:
+        started = time.monotonic()
+        [result] = _judge(server).rate([dialogue], QUESTIONNAIRE, TAGS, ["a"])
+        elapsed = time.monotonic() - started
+        server.wait_idle()
+        records = server.records
+    assert result.ok, result.error
+    assert result.ratings == _expected(dialogue)
+    assert result.requests == 2 and [r.attempt for r in records] == [1, 2]
+    assert records[0].fault == fault
+    if fault == "rate_limit":  # Retry-After (0.3 s) honoured, not the 10 ms backoff
+        assert records[1].started - records[0].finished >= 0.3
+    if fault == "hang":  # the client gave up at its timeout, not when the server answered
+        assert elapsed < 1.0
+
+
+@pytest.mark.parametrize("fault", ["invalid_json", "out_of_range", "missing_ids"])
+def test_malformed_reply_gets_exactly_one_repair_request(fault: str) -> None:
+    dialogue = _dialogues(1)[0]
+    with FakeOpenAIServer(faults=FaultPlan(**{fault: 1.0}), api_key=KEY) as server:
+        [result] = _judge(server).rate([dialogue], QUESTIONNAIRE, TAGS)
+        records = server.records
+    assert result.ok and result.ratings == _expected(dialogue)
+    assert result.requests == 2 and records[0].fault == fault and records[1].fault is None
+
+
+def test_reply_still_invalid_after_repair_is_a_recorded_failure() -> None:
+    with FakeOpenAIServer(faults=FaultPlan(persistent_invalid=1.0), api_key=KEY) as server:
+        [result] = _judge(server).rate(_dialogues(1), QUESTIONNAIRE, TAGS)
+        requests = len(server.records)
+    assert not result.ok and result.ratings is None
+    assert result.error_kind == "invalid"
+    assert "after one repair request" in result.error and "outside 1-5" in result.error
+    assert result.requests == requests == 2
+
+
+def test_exhausted_retries_are_a_transient_failure_with_the_reason() -> None:
+    with FakeOpenAIServer(faults=FaultPlan(server_error=1.0), api_key=KEY) as server:
+        [result] = _judge(server, max_retries=0).rate(_dialogues(1), QUESTIONNAIRE, TAGS)
+    assert result.error_kind == "transient"
+    assert result.error == "HTTP 500; gave up after 1 attempts"
+
+
+def test_wrong_key_stops_the_run_without_revealing_the_key() -> None:
+    with (
+        FakeOpenAIServer(api_key="sk-other") as server,
+        pytest.raises(JudgeConfigurationError, match="HTTP 401") as caught,
+    ):
+        _judge(server).rate(_dialogues(20), QUESTIONNAIRE, TAGS)
+    assert KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_requests_stay_within_the_concurrency_bound_and_usage_is_recorded(transport: str) -> None:
+    dialogues = _dialogues(40)
+    with FakeOpenAIServer(latency_s=0.05, api_key=KEY) as server:
+        judge = _judge(server, concurrency=4, http_transport=transport)
+        results = judge.rate(dialogues, QUESTIONNAIRE, TAGS)
+        peak = server.max_in_flight
+    assert peak == 4
+    assert [r.ratings for r in results] == [_expected(d) for d in dialogues]
+    assert all(r.prompt_tokens > 0 and r.completion_tokens > 0 for r in results)
+    assert all(r.latency_s >= 0.05 for r in results)
+
+
+def test_streaming_reports_each_item_once_and_input_errors_without_a_request() -> None:
+    dialogues = [*_dialogues(5), "I: is anyone there?"]
+    seen: list[int] = []
+    with FakeOpenAIServer(api_key=KEY) as server:
+        _judge(server).rate_streaming(
+            dialogues, QUESTIONNAIRE, TAGS, None, lambda i, r: seen.append((i, r))
+        )
+        requests = len(server.records)
+    assert sorted(i for i, _ in seen) == list(range(6))
+    failed = next(r for i, r in seen if i == 5)
+    assert failed.error_kind == "input" and failed.requests == 0
+    assert requests == 5
+
+
+def test_statements_are_proposed_per_game() -> None:
+    games = [
+        Game(game_id=f"g{i}", transcript_a=d, transcript_b=d + "!")
+        for i, d in enumerate(_dialogues(3))
+    ]
+    with FakeOpenAIServer(faults=FaultPlan(invalid_json=0.5), api_key=KEY) as server:
+        proposals = _judge(server).propose_statements(games, TAGS)
+    assert [p.game_id for p in proposals] == ["g0", "g1", "g2"]
+    assert all(p.ok and p.verdict in {"A", "B"} and len(p.statements) == 3 for p in proposals)
+
+
+def test_fingerprint_ignores_speed_settings_but_not_the_model() -> None:
+    base = OpenAIJudgeConfig(model="m")
+    assert base.fingerprint() == OpenAIJudgeConfig(model="m", concurrency=99).fingerprint()
+    assert base.fingerprint() != OpenAIJudgeConfig(model="n").fingerprint()
+    assert base.fingerprint() != OpenAIJudgeConfig(model="m", temperature=0.0).fingerprint()

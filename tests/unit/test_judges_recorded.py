@@ -1,0 +1,154 @@
+"""Recorded ratings replay faithfully: published weights reproduce the stored HL scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.judges import RecordedColumns, RecordedJudgeConfig, build_judge
+from hal_core.judging import Game, JudgeConfigurationError, JudgeError
+from hal_core.questionnaire import Questionnaire, Trait
+
+TAGS = SpeakerTags.doctor_visit()
+
+
+def _published_questionnaire(data_dir: Path) -> Questionnaire:
+    """HAL16Q as published: ids t01..t16 in its rating order (local to this questionnaire)."""
+    payload = json.loads((data_dir / "questionnaires/hal16q_published.json").read_text())
+    return Questionnaire(
+        name="hal16q-published",
+        scale=payload["scale"],
+        traits=tuple(
+            Trait(id=f"t{item['position']:02d}", text=item["text"])
+            for item in payload["statements_in_rating_order"]
+        ),
+    )
+
+
+def _same_as_stored(value: float, stored: str) -> bool:
+    """Equal at the precision the score was written with (full repr, or 10 decimals)."""
+    digits = stored.lstrip("-").replace(".", "").lstrip("0")
+    if "e" in stored.lower() or len(digits) >= 15:
+        return value == float(stored)
+    return f"{value:.{len(stored.split('.')[1])}f}" == stored
+
+
+def test_replay_reproduces_every_stored_hal16_score(data_dir: Path) -> None:
+    questionnaire = _published_questionnaire(data_dir)
+    paper = json.loads((data_dir / "hal16_weights_paper.json").read_text())
+    weights, bias = np.asarray(paper["w"], dtype=float), float(paper["b"])
+    checked = 0
+    for folder in sorted((data_dir / "aligned_outputs").iterdir()):
+        files = sorted(folder.glob("*.csv"))
+        judge = build_judge(RecordedJudgeConfig(paths=files))
+        for path in files:
+            stored = pd.read_csv(path, dtype={"hal16_score": str})
+            results = judge.rate(stored["dialogue"].tolist(), questionnaire, TAGS)
+            assert all(result.ok for result in results), path
+            ratings = pd.DataFrame([r.ratings for r in results])[questionnaire.trait_ids]
+            # one contiguous row per dialogue, as the published scores were computed; a
+            # strided or matrix product sums in another order (last-bit differences)
+            scores = [
+                float(np.dot(np.array([r.ratings[t] for t in questionnaire.trait_ids]), weights))
+                + bias
+                for r in results
+            ]
+            mismatched = [
+                (i, s, t)
+                for i, (s, t) in enumerate(zip(scores, stored["hal16_score"], strict=True))
+                if not _same_as_stored(s, t)
+            ]
+            assert not mismatched, f"{path}: {mismatched[:3]}"
+            try:  # the project's reward, by trait id, agrees to rounding
+                from hal_core.reward import HLReward
+            except ImportError:
+                pass
+            else:
+                reward = HLReward(dict(zip(questionnaire.trait_ids, weights, strict=True)), bias)
+                assert np.allclose(reward.score(ratings), scores, rtol=0, atol=1e-12)
+            checked += len(stored)
+    assert checked == 3900
+
+
+def _write(tmp_path: Path, name: str, rows: list[dict]) -> Path:
+    path = tmp_path / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+MINI = Questionnaire(name="mini", traits=(Trait(id="t01", text="a"), Trait(id="t02", text="b")))
+
+
+def test_missing_dialogue_is_a_failure_never_a_default(tmp_path: Path) -> None:
+    path = _write(tmp_path, "r.csv", [{"dialogue": "D: hi\nP: yo", "likert_evaluation": "[4, 2]"}])
+    judge = build_judge(RecordedJudgeConfig(paths=[path]))
+    known, unknown = judge.rate(["D: hi  \r\nP: yo\n", "D: hi\nP: other"], MINI, TAGS)
+    assert known.ratings == {"t01": 4.0, "t02": 2.0}
+    assert unknown.ratings is None and unknown.error_kind == "missing"
+    assert "no recorded rating" in unknown.error
+    strict = build_judge(RecordedJudgeConfig(paths=[path], strict=True))
+    with pytest.raises(JudgeError, match="no recorded rating"):
+        strict.rate(["D: hi\nP: other"], MINI, TAGS)
+
+
+def test_conflicting_recordings_stop_unless_first_wins(tmp_path: Path) -> None:
+    rows = [{"dialogue": "D: hi\nP: yo", "likert_evaluation": r} for r in ("[4, 2]", "[1, 1]")]
+    path = _write(tmp_path, "r.csv", rows)
+    with pytest.raises(JudgeConfigurationError, match=r"r\.csv row 2: the same dialogue"):
+        build_judge(RecordedJudgeConfig(paths=[path]))
+    judge = build_judge(RecordedJudgeConfig(paths=[path], on_conflict="first"))
+    assert judge.rate(["D: hi\nP: yo"], MINI, TAGS)[0].ratings == {"t01": 4.0, "t02": 2.0}
+
+
+def test_positions_map_to_ids_of_the_order_questionnaire(tmp_path: Path) -> None:
+    order = MINI.save(tmp_path / "order.json")
+    path = _write(tmp_path, "r.csv", [{"text": "D: hi\nP: yo", "r": "[4, 2]"}])
+    config = RecordedJudgeConfig(
+        paths=[path], columns=[RecordedColumns(text="text", ratings="r")], order_questionnaire=order
+    )
+    judge = build_judge(config)
+    reordered = MINI.subset(["t02", "t01"])
+    assert judge.rate(["D: hi\nP: yo"], reordered, TAGS)[0].ratings == {"t02": 2.0, "t01": 4.0}
+
+
+def test_a_ratings_table_with_trait_id_columns_replays(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "ratings.csv",
+        [{"dialogue": "D: hi\nP: yo", "t01": 3, "t02": 5, "status": "rated"}],
+    )
+    config = RecordedJudgeConfig(paths=[path], columns=[RecordedColumns(ratings=None)])
+    assert build_judge(config).rate(["D: hi\nP: yo"], MINI, TAGS)[0].ratings == {
+        "t01": 3.0,
+        "t02": 5.0,
+    }
+
+
+def test_recorded_statements_replay_by_game_transcripts(data_dir: Path) -> None:
+    games = pd.read_csv(data_dir / "turing/statements_gpt-5.csv").head(3)
+    config = RecordedJudgeConfig(
+        paths=["turing/ratings32_gpt-5.csv"],
+        columns=[RecordedColumns(text="conversation_A_transcript", ratings="likert_evaluation_A")],
+        statements_paths=["turing/statements_gpt-5.csv"],
+    )
+    judge = build_judge(config, data_dir=data_dir)
+    proposals = judge.propose_statements(
+        [
+            Game(
+                game_id=str(row.game_id),
+                transcript_a=row.conversation_A_transcript,
+                transcript_b=row.conversation_B_transcript,
+            )
+            for row in games.itertuples()
+        ],
+        SpeakerTags.turing(),
+    )
+    assert [p.verdict for p in proposals] == games["aijudge_verdict"].tolist()
+    assert [p.statements for p in proposals] == [
+        json.loads(c) for c in games["human_characteristics"]
+    ]
