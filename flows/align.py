@@ -1,0 +1,299 @@
+"""Flow ``align``: candidates -> HL scores -> preference pairs -> DPO training (its own processes).
+
+The same flow trains the tiny model on this CPU and Llama-3.2-1B on GPUs; only the recipe,
+the accelerate config and the number of processes change::
+
+    hal align --scores-file scores.csv            # tiny model on this CPU: 2 processes, ZeRO-2
+    hal align --judge infra/judges/local.yaml --dpo-recipe llama-3.2-1b-lora-fast \\
+        --accelerate-config zero3 --num-processes 8
+
+Rerunning it after the training was killed resumes from the last checkpoint (same inputs give
+the same output folder); ``force_fresh_start`` starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.generation import SamplingSettings
+from hal_core.judges import JudgeConfig
+from hal_core.preferences import PairingConfig
+from hal_core.settings import PROJECT_ROOT, HalSettings, get_settings
+from tasks import tracking
+from tasks.training import (
+    PairsArtifact,
+    TrainingLaunch,
+    TrainingOutcome,
+    build_preference_pairs,
+    check_training_recipe,
+    input_digest,
+    launch_training,
+    log_preference_pairs,
+    log_training_summary,
+    prepare_policy_model,
+    read_candidates,
+    read_scores,
+    save_preference_pairs,
+    score_candidates,
+    validate_preference_pairs,
+)
+
+RECIPES_DIR = Path("infra/recipes/dpo")
+
+
+class GenerationParams(BaseModel):
+    """Generate candidates instead of reading them from ``candidates_file``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "openai"] = Field(
+        description="local = transformers model (batched generate); openai = compatible endpoint."
+    )
+    model: str = Field(description="Local folder or hub id, or the endpoint's model name.")
+    base_url: str | None = Field(default=None, description="Endpoint URL (openai backend).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Env var with the API key.")
+    prompt_limit: int | None = Field(default=None, description="Use the first N prompts only.")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+
+
+class AlignParams(BaseModel):
+    """Parameters of the alignment stage (the Prefect UI renders them as a form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates_file: str = Field(
+        default="synthlabs/candidates_test.csv",
+        description="Candidate responses (4 per persona), relative to the data folder.",
+    )
+    prompts_file: str = Field(
+        default="synthlabs/prompts_test.csv", description="Persona prompts, by persona_id."
+    )
+    prompt_limit: int | None = Field(
+        default=None, ge=1, description="Use the candidates of the first N prompts only."
+    )
+    generation: GenerationParams | None = Field(
+        default=None, description="Generate candidates with a model instead of reading them."
+    )
+    scores_file: str | None = Field(
+        default=None, description="Precomputed HL scores per candidate (skips the judge)."
+    )
+    scores_id_column: str = Field(default="candidate_id", description="Id column of scores_file.")
+    scores_column: str = Field(default="hl", description="Score column of scores_file.")
+    judge: JudgeConfig | None = Field(
+        default=None, description="Judge that rates candidates when no scores_file is given."
+    )
+    reward_file: str = Field(
+        default="hal16_weights_paper.json",
+        description="Reward JSON (weights by trait id) or the paper's published w/b file.",
+    )
+    questionnaire_file: str = Field(
+        default="questionnaires/hal32q.json", description="Questionnaire the reward's ids name."
+    )
+    pairing: PairingConfig = Field(default_factory=PairingConfig, description="k, split, seed.")
+    validation_policy: Literal["fail", "quarantine"] = Field(
+        default="fail", description="What a pair that breaks the preferences contract does."
+    )
+    recipe: str = Field(
+        default="tiny-cpu",
+        description="DPO recipe: a name in infra/recipes/dpo/ or a YAML path.",
+    )
+    model_name_or_path: str | None = Field(
+        default=None, description="Overrides the recipe's model (hub id, folder, hal-tiny-llama)."
+    )
+    recipe_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Recipe keys to override (e.g. num_train_epochs)."
+    )
+    accelerate_config: Literal["single", "ddp", "zero2", "zero3"] = Field(
+        default="zero2", description="infra/accelerate/<name>.yaml"
+    )
+    num_processes: int = Field(default=2, ge=1, description="Training processes (GPUs).")
+    output_dir: str | None = Field(
+        default=None, description="Training folder; default HAL_HOME/training/<recipe>-<inputs>."
+    )
+    force_fresh_start: bool = Field(
+        default=False, description="Discard checkpoints of an earlier run instead of resuming."
+    )
+    parent_run_id: str | None = Field(
+        default=None, description="MLflow run to nest under (set by the pipeline)."
+    )
+
+    @model_validator(mode="after")
+    def _one_process_for_single(self) -> AlignParams:
+        if self.accelerate_config == "single" and self.num_processes != 1:
+            raise ValueError("accelerate_config 'single' runs one process: set num_processes 1")
+        return self
+
+
+class AlignResult(BaseModel):
+    run_id: str
+    pairs: PairsArtifact
+    model_name_or_path: str
+    training: TrainingOutcome
+    summary: dict[str, float]
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe name (``tiny-cpu``) or path, as a path relative to the project root."""
+    candidate = Path(recipe)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return RECIPES_DIR / f"{recipe}.yaml"
+
+
+def recipe_model(path: Path) -> str | None:
+    """The model a recipe names (before command-line overrides)."""
+    full = path if path.is_absolute() else PROJECT_ROOT / path
+    values = yaml.safe_load(full.read_text()) or {}
+    return values.get("model_name_or_path")
+
+
+def build_scorer(params: AlignParams, settings: HalSettings):
+    """HL scores from the configured judge and reward (see hal_core.preferences.judge_scorer)."""
+    from hal_core.judges import build_judge
+    from hal_core.preferences import judge_scorer
+    from hal_core.questionnaire import Questionnaire
+    from hal_core.reward import HLReward
+
+    reward_path = settings.data_path(params.reward_file)
+    payload = json.loads(Path(reward_path).read_text())
+    reward = (
+        HLReward.from_paper_weights(reward_path) if "w" in payload else HLReward.load(reward_path)
+    )
+    questionnaire = Questionnaire.load(settings.data_path(params.questionnaire_file))
+    judge = build_judge(params.judge, data_dir=settings.data_dir)
+    return judge_scorer(judge, questionnaire, reward, SpeakerTags.doctor_visit())
+
+
+def generated_candidates(params: AlignParams, settings: HalSettings) -> pd.DataFrame:
+    """Candidates from a model (the generation parameters) for the persona prompts."""
+    from hal_core import generation
+
+    spec = params.generation
+    prompts = generation.load_prompts(settings.data_path(params.prompts_file), spec.prompt_limit)
+    if spec.backend == "local":
+        model, tokenizer = generation.load_causal_lm(spec.model)
+        return generation.generate_candidates_local(
+            prompts, model, tokenizer, spec.sampling, Path(spec.model).name
+        )
+    complete = generation.openai_completer(
+        spec.model, spec.base_url, os.environ.get(spec.api_key_env), spec.sampling
+    )
+    return generation.generate_candidates_remote(prompts, complete, spec.sampling, spec.model)
+
+
+def gather_candidates(params: AlignParams, settings: HalSettings, run_id: str) -> pd.DataFrame:
+    """Candidates read from the data folder (inputs logged) or generated by a model."""
+    if params.generation is None:
+        tracking.log_inputs(
+            run_id,
+            {
+                "candidates": settings.data_path(params.candidates_file),
+                "prompts": settings.data_path(params.prompts_file),
+            },
+        )
+        candidates = read_candidates(params.candidates_file, params.prompts_file, settings)
+    else:
+        candidates = generated_candidates(params, settings)
+    if params.prompt_limit is not None:
+        kept = candidates["prompt_id"].drop_duplicates().head(params.prompt_limit)
+        candidates = candidates[candidates["prompt_id"].isin(kept)]
+    return candidates
+
+
+def score(params: AlignParams, settings: HalSettings, candidates: pd.DataFrame) -> pd.DataFrame:
+    """HL scores from a precomputed table, else from the judge and the reward."""
+    if params.scores_file is not None:
+        return score_candidates(
+            candidates,
+            scores=read_scores(params.scores_file, settings),
+            id_column=params.scores_id_column,
+            score_column=params.scores_column,
+        )
+    if params.judge is not None:
+        return score_candidates(candidates, scorer=build_scorer(params, settings))
+    raise ValueError("align needs scores_file or a judge to score the candidates")
+
+
+def training_launch(
+    params: AlignParams,
+    settings: HalSettings,
+    model_path: str,
+    pairs: PairsArtifact,
+    run_id: str,
+) -> TrainingLaunch:
+    """The launch; its folder is keyed by the inputs, so a rerun resumes the same training."""
+    recipe = recipe_path(params.recipe)
+    key = input_digest(recipe.name, model_path, pairs.sha256, params.recipe_overrides)
+    output_dir = params.output_dir or str(settings.home_dir / "training" / f"{recipe.stem}-{key}")
+    return TrainingLaunch(
+        recipe_file=str(recipe),
+        overrides={
+            **params.recipe_overrides,
+            "model_name_or_path": model_path,
+            "dataset_path": pairs.dataset_path,
+        },
+        accelerate_config=params.accelerate_config,
+        num_processes=params.num_processes,
+        output_dir=output_dir,
+        log_file=str(Path(output_dir).with_suffix(".log")),
+        parent_run_id=run_id,
+        fresh_start=params.force_fresh_start,
+    )
+
+
+@flow(name="align", log_prints=True)
+def align(params: AlignParams | None = None) -> AlignResult:
+    """Score candidates, pair them by HL score, and train the policy with DPO + LoRA."""
+    params = params or AlignParams()
+    settings = get_settings()
+    with tracking.stage_run(
+        "align", settings.experiment_alignment, settings, params.parent_run_id
+    ) as run:
+        run_id = run.info.run_id
+        tracking.log_params(run_id, params.model_dump())
+        candidates = gather_candidates(params, settings, run_id)
+        scored = score(params, settings, candidates)
+        pairs = build_preference_pairs(scored, params.pairing)
+        pairs = validate_preference_pairs(pairs, params.validation_policy, settings, run_id)
+        artifact = save_preference_pairs(pairs, params.pairing, settings)
+        log_preference_pairs(run_id, artifact)
+        stats = artifact.stats
+        print(
+            f"{stats['n_pairs']} pairs over {stats['prompts_covered']}/{stats['n_prompts']} "
+            f"prompts (σ {stats['sigma']:.3f}, k·σ {stats['threshold']:.3f}), "
+            f"{stats['n_excluded']} candidates excluded"
+        )
+        model_path = prepare_policy_model(
+            params.model_name_or_path or recipe_model(recipe_path(params.recipe)),
+            params.prompts_file,
+            params.candidates_file,
+            settings,
+        )
+        launch = training_launch(params, settings, model_path, artifact, run_id)
+        check_training_recipe(launch, settings)
+        outcome = launch_training(launch, settings)
+        summary = {
+            **{
+                f"pairs.{key}": float(value)
+                for key, value in stats.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            },
+            **log_training_summary(run_id, outcome),
+        }
+        print(f"training run {outcome.run_id}: {summary}")
+    return AlignResult(
+        run_id=run_id,
+        pairs=artifact,
+        model_name_or_path=model_path,
+        training=outcome,
+        summary=summary,
+    )

@@ -1,0 +1,440 @@
+"""Prefect tasks of the alignment stage: candidates, preference pairs, and DPO training.
+
+Training runs in its own processes, started with ``accelerate launch`` on
+``flows/train_dpo.py``; it is never imported here. Its output is streamed to the Prefect
+logger and to a log file, and a failed run fails the task with the tail of that log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import psutil
+from mlflow.entities import DatasetInput, InputTag
+from prefect import task
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from hal_core import preferences
+from hal_core.generation import load_candidates
+from hal_core.preferences import PairingConfig, PreferencePairs
+from hal_core.settings import PROJECT_ROOT, HalSettings
+from hal_core.tables import ROW_COLUMN, read_table
+from hal_core.tiny_model import TINY_MODEL_NAME, resolve_policy_model, synthlabs_corpus
+from tasks import tracking
+
+TRAIN_SCRIPT = "flows/train_dpo.py"
+RUN_RECORD = "hal_mlflow_run.json"
+"""Where flows/train_dpo.py records its MLflow run id inside ``output_dir``."""
+PARENT_RUN_ENV = "HAL_MLFLOW_PARENT_RUN_ID"
+TAIL_LINES = 60
+
+
+class TrainingFailedError(RuntimeError):
+    """The training process failed; the message carries the end of its log."""
+
+
+class RecipeRejectedError(ValueError):
+    """The recipe failed its check before launch; the message names the key."""
+
+
+class PairsArtifact(BaseModel):
+    """Preference pairs saved on disk: the DatasetDict folder, the flat table, their stats."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset_path: str
+    table_path: str
+    excluded_path: str
+    stats_path: str
+    sha256: str = Field(description="Hash of the pairs table (train/test marked).")
+    stats: dict[str, Any]
+
+
+class TrainingLaunch(BaseModel):
+    """Everything one ``accelerate launch`` of the training script needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recipe_file: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    accelerate_config: str = "zero2"
+    num_processes: int = 1
+    output_dir: str
+    log_file: str
+    parent_run_id: str | None = None
+    fresh_start: bool = False
+
+
+class TrainingOutcome(BaseModel):
+    """Where training wrote its results and which MLflow run holds them."""
+
+    output_dir: str
+    log_file: str
+    run_id: str | None
+    command: str
+
+
+# -- candidates and scores ---------------------------------------------------------------------
+
+
+@task(name="read_candidates")
+def read_candidates(candidates_file: str, prompts_file: str, settings: HalSettings) -> pd.DataFrame:
+    """The candidates table (prompt_id, prompt, candidate_id, response, model) from files."""
+    return load_candidates(settings.data_path(candidates_file), settings.data_path(prompts_file))
+
+
+@task(name="read_scores")
+def read_scores(scores_file: str, settings: HalSettings) -> pd.DataFrame:
+    """A precomputed scores table (a candidate id and an HL score per row)."""
+    path = Path(scores_file)
+    return read_table(path if path.is_file() else settings.data_path(scores_file))
+
+
+@task(name="score_candidates")
+def score_candidates(
+    candidates: pd.DataFrame,
+    scorer: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    scores: pd.DataFrame | None = None,
+    id_column: str = "candidate_id",
+    score_column: str = "hl",
+) -> pd.DataFrame:
+    """Candidates with an ``hl`` score each (NaN + ``score_error`` when none could be had)."""
+    if scores is not None:
+        return preferences.attach_scores(candidates, scores, id_column, score_column)
+    if scorer is None:
+        raise ValueError("score_candidates needs a scorer or a scores table")
+    scored = candidates.copy()
+    result = scorer(candidates)
+    scored["hl"] = result["hl"].to_numpy(float)
+    scored["score_error"] = result["score_error"].to_numpy(object)
+    return scored
+
+
+# -- preference pairs --------------------------------------------------------------------------
+
+
+@task(name="build_preference_pairs")
+def build_preference_pairs(scored: pd.DataFrame, config: PairingConfig) -> PreferencePairs:
+    """Same-prompt pairs whose HL scores differ by more than k·σ."""
+    return preferences.build_pairs(scored, k=config.k)
+
+
+@task(name="validate_preference_pairs")
+def validate_preference_pairs(
+    pairs: PreferencePairs, policy: str, settings: HalSettings, run_id: str | None
+) -> PreferencePairs:
+    """The pairs that pass the ``preferences`` data contract (GX), when that contract exists."""
+    try:
+        from tasks.validation import validate_dataset
+    except ImportError:
+        get_run_logger().warning("tasks.validation is not available: pairs not validated")
+        return pairs
+    frame = pairs.pairs.copy()
+    frame.insert(0, ROW_COLUMN, np.arange(1, len(frame) + 1))
+    frame.attrs["source"] = "preference_pairs"
+    report = validate_dataset.fn(frame, "preferences", policy, settings, run_id)
+    valid = report.valid.drop(columns=[ROW_COLUMN])
+    quarantined = report.quarantined
+    excluded = pairs.excluded
+    if len(quarantined):
+        get_run_logger().warning(
+            "%d pairs quarantined by the preferences contract", len(quarantined)
+        )
+    return PreferencePairs(
+        pairs=valid.reset_index(drop=True),
+        sigma=pairs.sigma,
+        threshold=pairs.threshold,
+        n_candidates=pairs.n_candidates,
+        n_prompts=pairs.n_prompts,
+        excluded=excluded,
+    )
+
+
+def _frame_sha(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@task(name="save_preference_pairs")
+def save_preference_pairs(
+    pairs: PreferencePairs, config: PairingConfig, settings: HalSettings
+) -> PairsArtifact:
+    """Write the DatasetDict (train/test by prompt), the flat table, exclusions and stats."""
+    splits = preferences.split_by_prompt(pairs.pairs, config.test_fraction, config.seed)
+    table = pd.concat(
+        [frame.assign(split=name) for name, frame in splits.items()], ignore_index=True
+    )
+    sha = _frame_sha(table)
+    folder = settings.home_dir / "preferences" / f"pairs-{sha[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset_path = folder / "dataset"
+    if not (dataset_path / "dataset_dict.json").is_file():
+        preferences.to_dataset_dict(splits).save_to_disk(str(dataset_path))
+    table_path = folder / "pairs.csv"
+    table.to_csv(table_path, index=False)
+    excluded_path = folder / "excluded_candidates.csv"
+    pairs.excluded.to_csv(excluded_path, index=False)
+    stats = pairs.stats(config.histogram_bins)
+    stats.update({f"n_pairs_{name}": len(frame) for name, frame in splits.items()})
+    stats.update(
+        {f"n_prompts_{name}": int(frame["prompt_id"].nunique()) for name, frame in splits.items()}
+    )
+    stats["k"] = config.k
+    stats_path = folder / "stats.json"
+    stats_path.write_text(json.dumps(stats, indent=2))
+    return PairsArtifact(
+        dataset_path=str(dataset_path),
+        table_path=str(table_path),
+        excluded_path=str(excluded_path),
+        stats_path=str(stats_path),
+        sha256=sha,
+        stats=stats,
+    )
+
+
+@task(name="log_preference_pairs")
+def log_preference_pairs(run_id: str, artifact: PairsArtifact) -> None:
+    """The pairs as an MLflow dataset input, with their stats, histogram and files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.read_csv(artifact.table_path)
+    dataset = mlflow.data.from_pandas(
+        table, source=artifact.dataset_path, name=f"preference-pairs-{artifact.sha256[:12]}"
+    )
+    mlflow.tracking.MlflowClient().log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(
+                dataset._to_mlflow_entity(),
+                tags=[InputTag("mlflow.data.context", "train")],
+            )
+        ],
+    )
+    stats = artifact.stats
+    tracking.log_metrics(
+        run_id,
+        {
+            f"pairs.{key}": value
+            for key, value in stats.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        },
+    )
+    tracking.log_file(run_id, artifact.stats_path, "preferences")
+    tracking.log_file(run_id, artifact.table_path, "preferences")
+    tracking.log_file(run_id, artifact.excluded_path, "preferences")
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    histogram = stats["delta_histogram"]
+    if histogram["counts"]:
+        edges = np.asarray(histogram["edges"])
+        axis.bar(edges[:-1], histogram["counts"], width=np.diff(edges), align="edge")
+    axis.axvline(stats["threshold"], color="black", linestyle="--", label="k·σ")
+    axis.set_xlabel("HL(chosen) - HL(rejected)")
+    axis.set_ylabel("pairs")
+    axis.set_title(f"{stats['n_pairs']} pairs over {stats['prompts_covered']} prompts")
+    axis.legend()
+    tracking.log_figure(run_id, figure, "preferences/delta_histogram.png")
+
+
+# -- policy model and training -----------------------------------------------------------------
+
+
+@task(name="prepare_policy_model")
+def prepare_policy_model(
+    model_name_or_path: str, prompts_file: str, candidates_file: str, settings: HalSettings
+) -> str:
+    """The model to train: a hub id or folder as given, or the tiny model built once."""
+    corpus = None
+    if model_name_or_path == TINY_MODEL_NAME:
+        corpus = synthlabs_corpus(
+            settings.data_path(prompts_file), settings.data_path(candidates_file)
+        )
+    return resolve_policy_model(model_name_or_path, settings.home_dir / "models", corpus)
+
+
+def _override_arguments(overrides: dict[str, Any]) -> list[str]:
+    arguments = []
+    for key, value in overrides.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        arguments += [f"--{key}", text]
+    return arguments
+
+
+def _recipe_arguments(launch: TrainingLaunch) -> list[str]:
+    overrides = {**launch.overrides, "output_dir": launch.output_dir}
+    if launch.fresh_start:
+        overrides["fresh_start"] = True
+    return ["--config", launch.recipe_file, *_override_arguments(overrides)]
+
+
+def _child_environment(settings: HalSettings, parent_run_id: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = settings.resolved_tracking_uri()
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TQDM_DISABLE", "1")
+    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
+    else:
+        env.pop(PARENT_RUN_ENV, None)
+    return env
+
+
+@task(name="check_training_recipe")
+def check_training_recipe(launch: TrainingLaunch, settings: HalSettings) -> dict[str, Any]:
+    """Run the training script's recipe check (no training); fail naming the bad key."""
+    command = [sys.executable, TRAIN_SCRIPT, *_recipe_arguments(launch), "--check_only"]
+    completed = subprocess.run(
+        command,
+        cwd=PROJECT_ROOT,
+        env=_child_environment(settings, launch.parent_run_id),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.splitlines() if "recipe error" in line]
+        message = lines[-1] if lines else completed.stderr.strip()[-2000:]
+        raise RecipeRejectedError(message)
+    return json.loads(completed.stdout[completed.stdout.index("{") :])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_command(launch: TrainingLaunch, port: int | None = None) -> list[str]:
+    """``accelerate launch --config_file infra/accelerate/<cfg>.yaml ... flows/train_dpo.py``."""
+    config = PROJECT_ROOT / "infra" / "accelerate" / f"{launch.accelerate_config}.yaml"
+    if not config.is_file():
+        known = sorted(p.stem for p in config.parent.glob("*.yaml"))
+        raise ValueError(f"no accelerate config {config.name}; known: {known}")
+    if launch.accelerate_config == "ddp":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("accelerate config 'ddp' needs GPUs; without them use 'zero2'")
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config.relative_to(PROJECT_ROOT)),
+        "--num_processes",
+        str(launch.num_processes),
+        "--main_process_port",
+        str(port or free_port()),
+        TRAIN_SCRIPT,
+        *_recipe_arguments(launch),
+    ]
+
+
+def start_training(launch: TrainingLaunch, settings: HalSettings) -> subprocess.Popen:
+    """The training processes, in their own process group (so they can be stopped together)."""
+    return subprocess.Popen(
+        launch_command(launch),
+        cwd=PROJECT_ROOT,
+        env=_child_environment(settings, launch.parent_run_id),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
+
+
+def stop_process_tree(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Signal a process and all its descendants.
+
+    torch's elastic launcher starts each rank in a session of its own, so signalling the
+    launcher's process group would leave the ranks running.
+    """
+    try:
+        root = psutil.Process(pid)
+        processes = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.NoSuchProcess:
+            continue
+    # The root is the caller's child: its exit status is left for the caller's wait().
+    psutil.wait_procs(processes[:-1], timeout=30)
+
+
+@task(name="launch_training")
+def launch_training(launch: TrainingLaunch, settings: HalSettings) -> TrainingOutcome:
+    """Train in ``accelerate launch`` subprocesses; stream their log; fail with its tail."""
+    logger = get_run_logger()
+    log_path = Path(launch.log_file)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = start_training(launch, settings)
+    command = shlex.join(process.args)
+    logger.info("launching: %s", command)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        with open(log_path, "a") as log:
+            log.write(f"$ {command}\n")
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                tail.append(line.rstrip())
+                logger.info("%s", line.rstrip())
+        returncode = process.wait()
+    finally:
+        if process.poll() is None:
+            stop_process_tree(process.pid)
+    if returncode != 0:
+        raise TrainingFailedError(
+            f"training exited with code {returncode} (log: {log_path}); last lines:\n"
+            + "\n".join(tail)
+        )
+    record = Path(launch.output_dir) / RUN_RECORD
+    run_id = json.loads(record.read_text())["run_id"] if record.is_file() else None
+    return TrainingOutcome(
+        output_dir=launch.output_dir, log_file=str(log_path), run_id=run_id, command=command
+    )
+
+
+@task(name="log_training_summary")
+def log_training_summary(run_id: str, outcome: TrainingOutcome) -> dict[str, float]:
+    """The training run's last reward figures copied to the stage run (``dpo.*`` names)."""
+    client = mlflow.tracking.MlflowClient()
+    tracking.log_file(run_id, outcome.log_file, "training")
+    if outcome.run_id is None:
+        return {}
+    child = client.get_run(outcome.run_id).data.metrics
+    names = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    summary = {f"dpo.{name.replace('/', '.')}": child[name] for name in names if name in child}
+    tracking.log_metrics(run_id, summary)
+    client.set_tag(run_id, "hal.training_run_id", outcome.run_id)
+    return summary
+
+
+def input_digest(*parts: object) -> str:
+    """A short hash of the inputs that decide a training run (keys its output folder)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

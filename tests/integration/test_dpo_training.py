@@ -1,0 +1,328 @@
+"""DPO training as users run it: `accelerate launch` with DeepSpeed on 2 CPU processes (gloo).
+
+The tiny Llama trains for a few steps on real pairs built from ``candidates_test.csv``; what
+the tests check is read back from MLflow and from the training folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from flows.align import AlignParams, AlignResult, recipe_path
+from flows.cli import app
+from hal_core.dialogue import SpeakerTags, rated_turns
+from hal_core.generation import load_candidates
+from hal_core.preferences import PairingConfig
+from hal_core.settings import HalSettings
+from hal_core.tiny_model import TINY_MODEL_NAME
+from tasks import tracking
+from tasks.training import (
+    RUN_RECORD,
+    RecipeRejectedError,
+    TrainingLaunch,
+    build_preference_pairs,
+    check_training_recipe,
+    launch_training,
+    prepare_policy_model,
+    read_candidates,
+    save_preference_pairs,
+    score_candidates,
+    start_training,
+    stop_process_tree,
+)
+
+pytestmark = pytest.mark.integration
+
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+CURVE_KEYS = ("loss", *REWARD_KEYS, "logps/chosen", "logps/rejected", "learning_rate", "grad_norm")
+PAIRS_PER_EPOCH = 8  # 2 processes x micro-batch 2 -> 2 optimizer steps per epoch
+
+
+def turn_length_score(text: str) -> float:
+    """A transparent stand-in for the HL score: shorter patient turns score higher."""
+    turns = rated_turns(text, SpeakerTags.doctor_visit())
+    return float(-np.log(np.mean([len(t.split()) for t in turns]))) if turns else float("nan")
+
+
+@pytest.fixture(scope="module")
+def module_settings(hal_home: Path, data_dir: Path) -> HalSettings:
+    return HalSettings(
+        home=hal_home, data_dir=data_dir, tracking_uri=f"sqlite:///{hal_home / 'mlflow.db'}"
+    )
+
+
+@pytest.fixture(scope="module")
+def scores_file(data_dir: Path, tmp_path_factory) -> Path:
+    candidates = load_candidates(
+        data_dir / "synthlabs" / "candidates_test.csv", data_dir / "synthlabs" / "prompts_test.csv"
+    )
+    path = tmp_path_factory.mktemp("scores") / "scores.csv"
+    pd.DataFrame(
+        {
+            "candidate_id": candidates["candidate_id"],
+            "hl": candidates["response"].map(turn_length_score),
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs_and_model(module_settings: HalSettings, scores_file: Path) -> tuple[str, str]:
+    """Pairs from the real candidates and the tiny model, built the way the align flow does."""
+    candidates = read_candidates.fn(
+        "synthlabs/candidates_test.csv", "synthlabs/prompts_test.csv", module_settings
+    )
+    scored = score_candidates.fn(candidates, scores=pd.read_csv(scores_file))
+    config = PairingConfig()
+    pairs = build_preference_pairs.fn(scored, config)
+    artifact = save_preference_pairs.fn(pairs, config, module_settings)
+    model = prepare_policy_model.fn(
+        TINY_MODEL_NAME,
+        "synthlabs/prompts_test.csv",
+        "synthlabs/candidates_test.csv",
+        module_settings,
+    )
+    return artifact.dataset_path, model
+
+
+def tiny_launch(
+    tmp_path: Path, pairs_and_model, accelerate_config: str, epochs: int, **overrides
+) -> TrainingLaunch:
+    dataset_path, model = pairs_and_model
+    return TrainingLaunch(
+        recipe_file=str(recipe_path("tiny-cpu")),
+        overrides={
+            "model_name_or_path": model,
+            "dataset_path": dataset_path,
+            "max_train_samples": PAIRS_PER_EPOCH,
+            "num_train_epochs": epochs,
+            "sample_prompts": 2,
+            **overrides,
+        },
+        accelerate_config=accelerate_config,
+        num_processes=2,
+        output_dir=str(tmp_path / "training"),
+        log_file=str(tmp_path / "training.log"),
+    )
+
+
+def assert_curves_and_checkpoints(client: MlflowClient, run_id: str, steps: int) -> None:
+    for key in CURVE_KEYS:
+        history = client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, steps + 1)), key
+    margins = [m.value for m in client.get_metric_history(run_id, "rewards/margins")]
+    assert all(np.isfinite(margins))
+    files = {a.path for a in client.list_artifacts(run_id, f"checkpoints/checkpoint-{steps}")}
+    assert f"checkpoints/checkpoint-{steps}/adapter_model.safetensors" in files
+    assert f"checkpoints/checkpoint-{steps}/tokenizer.json" in files
+
+
+def assert_only_lora_parameters_changed(client: MlflowClient, run_id: str, folder: Path) -> None:
+    report = json.loads(
+        Path(
+            client.download_artifacts(run_id, "training/parameter_changes.json", str(folder))
+        ).read_text()
+    )
+    assert report["trainable"] > 0 and report["frozen"] > 0
+    assert report["trainable_changed"] == report["trainable"], report["trainable_unchanged_names"]
+    assert report["frozen_changed"] == 0, report["frozen_changed_names"]
+    adapter = load_file(
+        client.download_artifacts(run_id, "final/adapter_model.safetensors", str(folder))
+    )
+    lora_b = {name: tensor for name, tensor in adapter.items() if "lora_B" in name}
+    assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b.values())  # start at zero
+
+
+def test_hal_align_trains_with_zero2_on_two_processes(settings, scores_file, tmp_path):
+    invocation = CliRunner().invoke(
+        app,
+        [
+            "align",
+            "--scores-file", str(scores_file),
+            "--dpo-recipe", "tiny-cpu",
+            "--accelerate-config", "zero2",
+            "--num-processes", "2",
+            "--set", f"max_train_samples={PAIRS_PER_EPOCH}",
+            "--set", "sample_prompts=2",
+        ],
+    )  # fmt: skip
+    assert invocation.exit_code == 0, invocation.output
+    output = invocation.stdout
+    result = AlignResult.model_validate_json(output[output.index('{\n  "run_id"') :])
+    tracking.configure_tracking(settings)
+    client = MlflowClient()
+
+    # The stage run: pair statistics, the pairs as a dataset input, the training summary.
+    stage = client.get_run(result.run_id)
+    pairs = pd.read_csv(result.pairs.table_path)
+    sigma = result.pairs.stats["sigma"]
+    assert (pairs["chosen_score"] - pairs["rejected_score"] > 0.5 * sigma).all()
+    assert stage.data.metrics["pairs.n_pairs"] == len(pairs) > 500
+    assert stage.data.metrics["pairs.prompts_covered"] > 150
+    assert stage.inputs.dataset_inputs[0].dataset.name.startswith("preference-pairs-")
+    stage_files = {a.path for a in client.list_artifacts(result.run_id, "preferences")}
+    assert "preferences/delta_histogram.png" in stage_files
+    assert "dpo.rewards.margins" in stage.data.metrics
+
+    # The training run: a child of the stage run, with every curve and checkpoint.
+    run_id = result.training.run_id
+    training = client.get_run(run_id)
+    assert training.data.tags["mlflow.parentRunId"] == result.run_id
+    assert training.info.status == "FINISHED"
+    steps = 2 * PAIRS_PER_EPOCH // 4
+    assert_curves_and_checkpoints(client, run_id, steps)
+    assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {
+        "checkpoints/checkpoint-2",
+        "checkpoints/checkpoint-4",
+    }
+    assert_only_lora_parameters_changed(client, run_id, tmp_path)
+    for epoch in (0, 1, 2):
+        samples = pd.read_csv(
+            client.download_artifacts(
+                run_id, f"samples/samples_epoch_{epoch:02d}.csv", str(tmp_path)
+            )
+        )
+        assert list(samples.columns) == ["prompt_id", "prompt", "response", "epoch"]
+        assert len(samples) == 2 and (samples["epoch"] == epoch).all()
+    versions = client.search_model_versions("name='hal-policy'")
+    assert any(v.run_id == run_id for v in versions)
+
+
+@pytest.mark.slow
+def test_zero3_on_two_processes_trains_only_lora(module_settings, pairs_and_model, tmp_path):
+    launch = tiny_launch(tmp_path, pairs_and_model, "zero3", epochs=1, log_final_model=False)
+    outcome = launch_training(launch, module_settings)
+    tracking.configure_tracking(module_settings)
+    client = MlflowClient()
+    assert "process 0/2, device cpu, distributed DistributedType.DEEPSPEED, ZeRO stage 3" in (
+        Path(outcome.log_file).read_text()
+    )
+    assert_curves_and_checkpoints(client, outcome.run_id, steps=2)
+    assert_only_lora_parameters_changed(client, outcome.run_id, tmp_path)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(
+    module_settings, pairs_and_model, tmp_path
+):
+    launch = tiny_launch(tmp_path, pairs_and_model, "zero2", epochs=3, log_final_model=False)
+    process = start_training(launch, module_settings)
+    first_log = []
+    for line in process.stdout:
+        first_log.append(line)
+        if "logged checkpoint checkpoint-" in line:
+            stop_process_tree(process.pid, signal.SIGKILL)  # the launcher and every rank
+            break
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    killed_at = max(
+        int(p.name.split("-")[1])
+        for p in Path(launch.output_dir).glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
+    assert killed_at < 6
+    run_id = json.loads((Path(launch.output_dir) / RUN_RECORD).read_text())["run_id"]
+
+    outcome = launch_training(launch, module_settings)
+    resumed_log = Path(outcome.log_file).read_text()
+    tracking.configure_tracking(module_settings)
+    client = MlflowClient()
+    run = client.get_run(outcome.run_id)
+    assert outcome.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["hal.resumed_from"] == f"checkpoint-{killed_at}"
+    assert f"checkpoint-{killed_at}" in resumed_log and "resuming from" in resumed_log
+    # Finished epochs are not repeated: their samples were made once, by the killed process.
+    finished_epochs = killed_at // 2
+    assert "".join(first_log).count(f"generated samples for epoch {finished_epochs}:") == 1
+    assert f"generated samples for epoch {finished_epochs}:" not in resumed_log
+    assert resumed_log.count("generated samples for epoch 3:") == 1
+    report = json.loads((Path(launch.output_dir) / "parameter_changes.json").read_text())
+    assert report["from_step"] == killed_at and report["to_step"] == 6
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "rewards/margins"))
+    assert set(steps) == set(range(1, 7))
+    assert steps.count(killed_at) == 1  # no step up to the checkpoint was trained twice
+
+
+def test_bad_recipe_fails_before_launch_naming_the_key(module_settings, pairs_and_model, tmp_path):
+    launch = tiny_launch(tmp_path, pairs_and_model, "zero2", epochs=1, lora_rr=4)
+    with pytest.raises(
+        RecipeRejectedError, match=r"unknown key 'lora_rr' \(did you mean 'lora_r'\?\)"
+    ):
+        check_training_recipe(launch, module_settings)
+    assert not Path(launch.output_dir).exists() and not Path(launch.log_file).exists()
+
+
+def test_recipe_keys_are_checked_by_name_and_type():
+    from flows.train_dpo import RecipeError, check_recipe_keys
+
+    base = ["--model_name_or_path", "some/model", "--dataset_path", "pairs", "--output_dir", "out"]
+    for recipe in sorted(Path("infra/recipes/dpo").glob("*.yaml")):
+        grouped, _, _ = check_recipe_keys(["--config", str(recipe), *base])
+        assert grouped["model"]["use_peft"] is True, recipe
+    tiny = ["--config", "infra/recipes/dpo/tiny-cpu.yaml", *base]
+    with pytest.raises(RecipeError, match=r"key 'lora_r' has str value 'eight', expected int"):
+        check_recipe_keys([*tiny, "--lora_r", "eight"])
+    with pytest.raises(RecipeError, match=r"key 'learning_rate' has list value"):
+        check_recipe_keys([*tiny, "--learning_rate", "[1, 2]"])
+    with pytest.raises(RecipeError, match=r"missing required key 'model_name_or_path'"):
+        check_recipe_keys(["--dataset_path", "pairs", "--output_dir", "out"])
+    with pytest.raises(RecipeError, match=r"'hal-tiny-llama'"):
+        check_recipe_keys(["--config", "infra/recipes/dpo/tiny-cpu.yaml", "--dataset_path", "p"])
+    grouped, _, _ = check_recipe_keys([*tiny, "--learning_rate", "5e-6"])
+    assert grouped["training"]["learning_rate"] == 5e-6
+
+
+def test_throughput_bench_runs_on_cpu_with_a_tiny_model():
+    completed = subprocess.run(
+        [sys.executable, "bench/dpo_throughput.py", "--tiny", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    rows = {
+        line.split()[0]: line.split()
+        for line in lines
+        if re.match(r"^(paper|ours)\s+[\d.]+\s", line)
+    }
+    assert float(rows["paper"][1]) > 0 and float(rows["ours"][1]) > 0
+    assert any(line.startswith("ours / paper:") for line in lines)
+    difference = next(line for line in lines if line.startswith("packed vs padded"))
+    assert float(difference.rsplit(" ", 1)[1]) < 1e-4
+
+
+def test_candidates_are_scored_by_a_judge_and_the_reward(module_settings, monkeypatch):
+    from flows.align import build_scorer
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    candidates = read_candidates.fn(
+        "synthlabs/candidates_test.csv", "synthlabs/prompts_test.csv", module_settings
+    ).head(8)
+    monkeypatch.setenv("HAL_TEST_JUDGE_KEY", "secret")
+    with FakeOpenAIServer(api_key="secret") as server:
+        params = AlignParams(
+            judge={
+                "backend": "openai",
+                "model": "fake-judge",
+                "base_url": server.base_url,
+                "api_key_env": "HAL_TEST_JUDGE_KEY",
+            }
+        )
+        scored = score_candidates.fn(candidates, scorer=build_scorer(params, module_settings))
+        requests = len(server.records)
+    assert requests >= len(candidates)
+    assert scored["hl"].notna().all() and scored["hl"].nunique() > 1
+    assert scored["score_error"].isna().all()
