@@ -70,6 +70,41 @@ def fit_reward_command(
     typer.echo(json.dumps(result.model_dump(), indent=2))
 
 
+@app.command("derive-traits")
+def derive_traits_command(
+    statements_file: Annotated[
+        str | None, typer.Option(help="Statements table, relative to the data folder.")
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="Derivation recipe YAML (infra/recipes/derive_traits.yaml).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Clustering seeds, e.g. 0,1,2,3,4.")] = None,
+    consolidator: Annotated[str | None, typer.Option(help="extractive | llm")] = None,
+    completer: Annotated[
+        str | None, typer.Option(help="llm: 'module:name' with complete(prompt) -> str.")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference questionnaire for coverage.")
+    ] = None,
+    policy: Annotated[str | None, typer.Option(help="fail | quarantine")] = None,
+) -> None:
+    """Derive a trait questionnaire from judges' statements (UMAP + HDBSCAN + consolidation)."""
+    from flows.derive_traits import DeriveTraitsParams, derive_traits
+
+    values = {
+        "statements_file": statements_file,
+        "recipe_file": recipe,
+        "seeds": [int(s) for s in seeds.split(",")] if seeds else None,
+        "consolidator": consolidator,
+        "completer": completer,
+        "reference_questionnaire": reference,
+        "validation_policy": policy,
+    }
+    params = DeriveTraitsParams(**{k: v for k, v in values.items() if v is not None})
+    result = derive_traits(params)
+    typer.echo(json.dumps(result.model_dump(), indent=2))
+
+
 @app.command()
 def score(
     ratings: Annotated[Path, typer.Argument(help="CSV with one column per trait id.", exists=True)],
@@ -148,19 +183,28 @@ def rate(
 
 
 @app.command()
-def demo() -> None:
-    """The main job on embedded defaults: validate the data, fit and register the reward."""
-    from flows.fit_reward import FitRewardParams, fit_reward
-    from flows.validate_data import validate_data
+def pipeline(
+    recipe: RecipeOption = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rerun every stage.")] = False,
+) -> None:
+    """Run the whole HAL pipeline; unchanged stages are skipped by cache."""
+    from flows.pipeline import PipelineParams, hal_pipeline
 
-    validate_data()
-    champion = fit_reward(FitRewardParams())
-    cross_judge = fit_reward(
-        FitRewardParams(ratings_file="turing/ratings32_gpt-5-mini.csv", register_as=None)
-    )
-    for name, result in (("gpt-5", champion), ("gpt-5-mini", cross_judge)):
-        figures = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        typer.echo(f"{name}: {figures}")
+    values = load_recipe(recipe)
+    if no_cache:
+        values["use_cache"] = False
+    result = hal_pipeline(PipelineParams(**values))
+    typer.echo(f"pipeline run {result.run_id}; cached stages: {', '.join(result.cached) or 'none'}")
+    for name, value in result.metrics.items():
+        typer.echo(f"  {name}: {value:.4f}")
+
+
+@app.command()
+def demo() -> None:
+    """The main job on embedded defaults: the pipeline with infra/recipes/pipeline.yaml."""
+    from hal_core.settings import PROJECT_ROOT
+
+    pipeline(recipe=PROJECT_ROOT / "infra" / "recipes" / "pipeline.yaml", no_cache=False)
 
 
 @app.command("evaluate")
@@ -207,7 +251,7 @@ def compare(
 ) -> None:
     """Compare pipeline runs: reward accuracy, selected traits, DPO margins, HL gain."""
     from hal_core.settings import get_settings
-    from tasks.evaluation import fetch_pipeline_runs
+    from tasks.evaluation import COMPARE_METRICS, fetch_pipeline_runs
     from tasks.tracking import configure_tracking
 
     settings = get_settings()
@@ -218,9 +262,14 @@ def compare(
         typer.echo(f"no runs in MLflow experiment {name!r}")
         return
     table["run_id"] = table["run_id"].str[:12]
-    if "n_selected" in table:
-        table["n_selected"] = table["n_selected"].astype("Int64")
-    typer.echo(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+    for column in COMPARE_METRICS:
+        digits = 0 if column == "n_selected" else 4
+        table[column] = [f"{value:.{digits}f}" if value == value else "" for value in table[column]]
+    typer.echo(table.to_string(index=False))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _wait_for_prefect(api_url: str, timeout_s: float = 180.0) -> None:
@@ -239,6 +288,22 @@ def _wait_for_prefect(api_url: str, timeout_s: float = 180.0) -> None:
     raise typer.BadParameter(f"no Prefect API answered at {api_url} within {timeout_s:.0f} s")
 
 
+def _create_process_pools(api_url: str, names: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        for name in names:
+            pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
+            client.create_work_pool(pool, overwrite=True)
+
+
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
@@ -249,10 +314,15 @@ def serve(
         list[str] | None,
         typer.Option(help="Work pool to start a worker for (repeatable); default: all pools."),
     ] = None,
+    deployment: Annotated[
+        list[str] | None,
+        typer.Option(help="Deployment to apply (repeatable); default: all whose code exists."),
+    ] = None,
     prefect_file: Annotated[Path, typer.Option(help="Deployments.")] = Path("infra/prefect.yaml"),
 ) -> None:
     """Start a Prefect server and workers on 127.0.0.1 and apply infra/prefect.yaml."""
     import os
+    import signal
     import subprocess
     import sys
     import time
@@ -260,14 +330,19 @@ def serve(
     from hal_core.settings import PROJECT_ROOT
 
     spec_path = prefect_file if prefect_file.is_absolute() else PROJECT_ROOT / prefect_file
-    deployments = (yaml.safe_load(spec_path.read_text()) or {}).get("deployments") or []
-    pools = sorted({d["work_pool"]["name"] for d in deployments})
-    ready = [d for d in deployments if (PROJECT_ROOT / d["entrypoint"].split(":")[0]).is_file()]
-    for skipped in [d for d in deployments if d not in ready]:
+    specs = (yaml.safe_load(spec_path.read_text()) or {}).get("deployments") or []
+    unknown = sorted(set(deployment or []) - {d["name"] for d in specs})
+    if unknown:
+        raise typer.BadParameter(f"{spec_path} has no deployments {unknown}")
+    pools = sorted({d["work_pool"]["name"] for d in specs})
+    chosen = [d for d in specs if not deployment or d["name"] in deployment]
+    ready = [d for d in chosen if (PROJECT_ROOT / d["entrypoint"].split(":")[0]).is_file()]
+    for skipped in [d for d in chosen if d not in ready]:
         typer.echo(f"skipping deployment {skipped['name']!r}: {skipped['entrypoint']} not found")
     env = {**os.environ, "HAL_PROJECT_DIR": os.environ.get("HAL_PROJECT_DIR", str(PROJECT_ROOT))}
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
     children: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` and kill: stop children too
     try:
         if api_url is None:
             api_url = f"http://127.0.0.1:{port}/api"
@@ -275,15 +350,14 @@ def serve(
             children.append(subprocess.Popen(server, env=env))
         env["PREFECT_API_URL"] = api_url
         _wait_for_prefect(api_url)
-        for name in pools:
-            create = [*prefect, "work-pool", "create", name, "--type", "process", "--overwrite"]
-            subprocess.run(create, env=env, check=True)
-        names = [flag for d in ready for flag in ("--name", d["name"])]
-        deploy = [*prefect, "deploy", "--prefect-file", str(spec_path), *names]
-        subprocess.run(deploy, env=env, cwd=PROJECT_ROOT, check=True)
+        _create_process_pools(api_url, pools)
         for name in pool or pools:
             worker = [*prefect, "worker", "start", "--pool", name, "--type", "process"]
             children.append(subprocess.Popen(worker, env=env, cwd=PROJECT_ROOT))
+        if ready:
+            names = [flag for d in ready for flag in ("--name", d["name"])]
+            deploy = [*prefect, "deploy", "--prefect-file", str(spec_path), *names]
+            subprocess.run(deploy, env=env, cwd=PROJECT_ROOT, check=True)
         typer.echo(f"Prefect API {api_url}; workers on {', '.join(pool or pools)}; Ctrl-C stops")
         while all(child.poll() is None for child in children):
             time.sleep(1)
@@ -298,6 +372,68 @@ def serve(
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+@app.command()
+def align(
+    recipe: RecipeOption = None,
+    scores_file: Annotated[
+        str | None, typer.Option(help="Precomputed HL score per candidate (skips the judge).")
+    ] = None,
+    judge: Annotated[
+        Path | None, typer.Option(help="YAML judge config that rates candidates.", exists=True)
+    ] = None,
+    candidates_file: Annotated[str | None, typer.Option(help="Candidates CSV.")] = None,
+    reward: Annotated[str | None, typer.Option(help="Reward JSON (weights by id, or w/b).")] = None,
+    k: Annotated[float | None, typer.Option(help="Pair margin in units of σ (0.5).")] = None,
+    dpo_recipe: Annotated[
+        str | None, typer.Option(help="DPO recipe name in infra/recipes/dpo/ or a YAML path.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Policy: hub id, local folder or hal-tiny-llama.")
+    ] = None,
+    accelerate_config: Annotated[
+        str | None, typer.Option(help="single | ddp | zero2 | zero3")
+    ] = None,
+    num_processes: Annotated[int | None, typer.Option(help="Training processes (GPUs).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a DPO recipe key: --set num_train_epochs=3."),
+    ] = None,
+    force_fresh_start: Annotated[
+        bool, typer.Option(help="Discard checkpoints instead of resuming.")
+    ] = False,
+) -> None:
+    """Pair HL-scored candidates and train the policy with DPO + LoRA (accelerate launch)."""
+    from flows.align import AlignParams
+    from flows.align import align as align_flow
+
+    values = merge(
+        recipe,
+        scores_file=scores_file,
+        candidates_file=candidates_file,
+        reward_file=reward,
+        model_name_or_path=model,
+        accelerate_config=accelerate_config,
+        num_processes=num_processes,
+        force_fresh_start=force_fresh_start or None,
+    )
+    if dpo_recipe is not None:
+        values["recipe"] = dpo_recipe
+    if judge is not None:
+        values["judge"] = load_recipe(judge)
+    if k is not None:
+        values["pairing"] = {**dict(values.get("pairing") or {}), "k": k}
+    overrides = dict(values.get("recipe_overrides") or {})
+    for item in set_ or []:
+        key, separator, text = item.partition("=")
+        if not separator:
+            raise typer.BadParameter(f"--set {item!r}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(text)
+    if overrides:
+        values["recipe_overrides"] = overrides
+    result = align_flow(AlignParams(**values))
+    typer.echo(json.dumps(result.model_dump(), indent=2, default=str))
 
 
 if __name__ == "__main__":
