@@ -436,5 +436,36 @@ def align(
     typer.echo(json.dumps(result.model_dump(), indent=2, default=str))
 
 
+@app.command("train-local-judge")
+def train_local_judge_command(
+    recipe: RecipeOption = None,
+    questionnaire: Annotated[str | None, typer.Option(help="hal16q | hal32q")] = None,
+    cv_folds: Annotated[int | None, typer.Option(help="Grouped CV folds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fold assignment.")] = None,
+    max_chunks: Annotated[
+        int | None, typer.Option(help="MiniLM windows per dialogue (0 = all).")
+    ] = None,
+    register_as: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias ('auto' = questionnaire id).")] = None,
+) -> None:
+    """Train the local judge (per-trait regressors on MiniLM + style features) and register it."""
+    from flows.train_local_judge import TrainLocalJudgeParams, train_local_judge
+
+    values = merge(
+        recipe,
+        questionnaire=questionnaire,
+        cv_folds=cv_folds,
+        seed=seed,
+        register_as=register_as,
+        alias=alias,
+    )
+    if max_chunks is not None:
+        features = dict(values.get("features") or {})
+        features["max_chunks"] = max_chunks or None
+        values["features"] = features
+    result = train_local_judge(TrainLocalJudgeParams(**values))
+    typer.echo(json.dumps(result.model_dump(), indent=2))
+
+
 if __name__ == "__main__":
     app()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow
@@ -39,6 +41,17 @@ class DatasetSummary(BaseModel):
     failed_expectations: list[str]
 
 
+def _matching_files(data_dir: Path, pattern: str) -> list[Path]:
+    """Files matching a glob relative to the data folder, or an absolute glob."""
+    if Path(pattern).is_absolute():
+        return sorted(Path(match) for match in glob.glob(pattern))
+    return sorted(data_dir.glob(pattern))
+
+
+def _label(path: Path, data_dir: Path) -> str:
+    return str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
+
+
 @flow(name="validate_data", log_prints=True)
 def validate_data(params: ValidateDataParams | None = None) -> list[DatasetSummary]:
     """Validate the data folder; every check's result and Data Docs go to MLflow."""
@@ -48,7 +61,7 @@ def validate_data(params: ValidateDataParams | None = None) -> list[DatasetSumma
     files = {
         path: contract
         for pattern, contract in params.datasets.items()
-        for path in sorted(data_dir.glob(pattern))
+        for path in _matching_files(data_dir, pattern)
     }
     if not files:
         raise FileNotFoundError(f"{data_dir}: no file matches {sorted(params.datasets)}")
@@ -56,14 +69,14 @@ def validate_data(params: ValidateDataParams | None = None) -> list[DatasetSumma
     with tracking.stage_run(
         "validate_data", settings.experiment_data, settings, params.parent_run_id
     ) as run:
-        tracking.log_inputs(run.info.run_id, {str(p.relative_to(data_dir)): p for p in files})
+        tracking.log_inputs(run.info.run_id, {_label(p, data_dir): p for p in files})
         for path, contract in files.items():
             report = validate_dataset(
                 load_table(path), contract, params.policy, settings, run.info.run_id
             )
             summaries.append(
                 DatasetSummary(
-                    file=str(path.relative_to(data_dir)),
+                    file=_label(path, data_dir),
                     contract=contract,
                     rows=report.n_rows,
                     valid_rows=len(report.valid),
