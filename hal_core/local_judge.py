@@ -338,8 +338,8 @@ def _fit_trait_models(
         if k not in varying
     }
     if varying and config.kind == "ridge":
-        # alpha_per_target: one decomposition, then each trait's own LOO-optimal alpha; the same
-        # as fitting RidgeCV trait by trait.
+        # alpha_per_target: one decomposition, then each trait's own leave-one-out-optimal
+        # alpha; the same as fitting RidgeCV trait by trait.
         ridge = RidgeCV(alphas=config.alphas, alpha_per_target=True)
         ridge.fit(Z, targets[:, varying], sample_weight=sample_weight)
         alphas = np.atleast_1d(ridge.alpha_)
@@ -1040,6 +1040,7 @@ def evaluate_reward_judge(
     seed: int = 0,
     style_only: bool = True,
     reward_factory: RewardFactory | None = None,
+    reference: bool = True,
 ) -> LocalJudgeReport:
     """HAL32Q protocol: game-grouped CV of trait models *and* reward; human-vs-AI accuracy.
 
@@ -1049,7 +1050,7 @@ def evaluate_reward_judge(
     """
     with blas_threads(config.blas_threads):
         return _evaluate_reward_judge(
-            training, matrix, config, n_splits, seed, style_only, reward_factory
+            training, matrix, config, n_splits, seed, style_only, reward_factory, reference
         )
 
 
@@ -1061,6 +1062,7 @@ def _evaluate_reward_judge(
     seed: int,
     style_only: bool,
     reward_factory: RewardFactory | None,
+    reference: bool,
 ) -> LocalJudgeReport:
     from hal_core.reward import paired_accuracy
 
@@ -1082,12 +1084,13 @@ def _evaluate_reward_judge(
         "cv.folds": float(n_splits),
     }
     factory = reward_factory or (lambda: TraitLogisticRegression(C=1.0, selection_threshold=0.2))
-    reference = np.full(len(frame), np.nan)
-    for train, test in grouped_folds(games, n_splits, seed):
-        model = factory().fit(labels.iloc[train].reset_index(drop=True), is_human[train])
-        reference[test] = model.decision_function(labels.iloc[test].reset_index(drop=True))
-    metrics["reference.llm_ratings.pointwise"] = float(((reference > 0) == is_human).mean())
-    metrics["reference.llm_ratings.paired"] = paired_accuracy(reference, is_human, games)
+    llm_scores = np.full(len(frame), np.nan)
+    if reference:  # the same reward protocol on the LLM judge's own ratings
+        for train, test in grouped_folds(games, n_splits, seed):
+            model = factory().fit(labels.iloc[train].reset_index(drop=True), is_human[train])
+            llm_scores[test] = model.decision_function(labels.iloc[test].reset_index(drop=True))
+        metrics["reference.llm_ratings.pointwise"] = float(((llm_scores > 0) == is_human).mean())
+        metrics["reference.llm_ratings.paired"] = paired_accuracy(llm_scores, is_human, games)
     style_oof = None
     if style_only:
         columns = style_columns(matrix.names)
@@ -1104,7 +1107,7 @@ def _evaluate_reward_judge(
     reward = fit_reward_on_predicted_traits(result.trait_predictions, is_human, reward_factory)
     metrics["reward.n_selected"] = float(len(reward.weights))
     out = frame[[training.group_column, "witness", "is_human"]].assign(
-        hl_cv=result.scores, hl_llm_ratings_cv=reference
+        hl_cv=result.scores, hl_llm_ratings_cv=llm_scores
     )
     out = pd.concat([out, result.trait_predictions.add_prefix("pred.")], axis=1)
     return LocalJudgeReport(metrics, per_trait, out, reward)

@@ -1,5 +1,10 @@
-"""The train_local_judge flow on HAL16Q (aligned_outputs), through the CLI, read back from MLflow;
-the registered pyfunc loads and rates in a fresh process with no network."""
+"""The train_local_judge flow on HAL16Q through the CLI, read back from MLflow; the registered
+pyfunc loads and rates in a fresh process with no network.
+
+To stay quick it trains on the epoch-00 files only (six folders: 100 dialogues rated five
+times plus 100 rated once). The accuracy targets on all of aligned_outputs are asserted in
+tests/unit/test_local_judge.py.
+"""
 
 from __future__ import annotations
 
@@ -40,29 +45,33 @@ def trained(hal_home: Path, data_dir: Path):
         patch.setenv("HAL_DATA_DIR", str(data_dir))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("HAL_TRACKING_URI", raising=False)
-        invoked = CliRunner().invoke(app, ["train-local-judge", "--questionnaire", "hal16q"])
+        recipe = hal_home / "train_local_judge_test.yaml"
+        recipe.write_text(
+            "hal16q_ratings_glob: aligned_outputs/*/samples_epoch_00_scored_gpt-5.csv\n"
+            "style_only_baseline: false\n"
+        )
+        invoked = CliRunner().invoke(
+            app, ["train-local-judge", "--questionnaire", "hal16q", "--recipe", str(recipe)]
+        )
         assert invoked.exit_code == 0, invoked.output
         yield json.loads(invoked.stdout[invoked.stdout.index("{") :])
 
 
 @pytest.mark.slow
-def test_hal16q_cv_meets_targets_and_everything_is_logged(trained, settings: HalSettings):
+def test_metrics_ceiling_tables_and_registry_entry_are_logged(trained, settings: HalSettings):
     client = MlflowClient(settings.resolved_tracking_uri())
     run = client.get_run(trained["run_id"])
     assert run.info.run_name == "train_local_judge"
     assert client.get_experiment(run.info.experiment_id).name == settings.experiment_judge
     metrics = run.data.metrics
-    # acceptance (fixed seed 0): 5-fold CV grouped by prompt
-    assert metrics["cv.hl.pearson"] >= 0.85
-    assert metrics["cv.hl.pair_accuracy"] >= 0.87
-    assert metrics["cv.hl.n_pairs"] > 5000
-    # the LLM judge against its own re-ratings (five folders, 600 dialogues)
-    assert metrics["ceiling.hl.n_dialogues"] == 600
-    assert 0.88 < metrics["ceiling.hl.pearson"] < 0.93
+    assert metrics["n_train"] == 200 and metrics["n_unparseable"] == 0
+    assert metrics["cv.hl.pearson"] > 0.6 and metrics["cv.hl.n_pairs"] > 20
+    # the LLM judge against its own re-ratings (five folders, 100 dialogues at epoch 0)
+    assert metrics["ceiling.hl.n_dialogues"] == 100 and metrics["ceiling.hl.n_raters"] == 5
+    assert 0.8 < metrics["ceiling.hl.pearson"] < 0.97
     assert {f"cv.spearman.t{k:02d}" for k in range(1, 17)} <= set(metrics)
     assert metrics["near_constant.t04"] == 1.0  # lowercase texting: always rated 1
-    assert {"cv_style_only.hl.pearson", "cv.hl.pearson_vs_single_ratings"} <= set(metrics)
-    assert metrics["n_unparseable"] == 0
+    assert "cv.hl.pearson_vs_single_ratings" in metrics
     params = run.data.params
     assert params["questionnaire.id"] == "hal16q"
     assert len(params["input.weights.sha256"]) == 64

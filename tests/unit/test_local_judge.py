@@ -1,6 +1,6 @@
-"""The local judge: data assembly, HAL32Q acceptance (reward on predicted traits), determinism,
-persistence and the Judge contract. HAL16Q acceptance is asserted by the flow's integration
-test (tests/integration/test_train_local_judge_flow.py), which runs that protocol end to end.
+"""The local judge: data assembly, the accuracy targets of issue 5 on the real data (HAL16Q HL
+agreement, HAL32Q reward on predicted traits; fixed seed 0), determinism, persistence and the
+Judge contract. Embeddings are cached in the session's HAL_HOME, where the flow test finds them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from hal_core.local_judge import (
     TraitRegressorConfig,
     aligned_rating_rows,
     average_ratings_by_dialogue,
+    evaluate_hl_judge,
     evaluate_reward_judge,
     fit_judge,
     grouped_folds,
@@ -48,6 +49,15 @@ def embedding_cache(hal_home: Path) -> EmbeddingCache:
 @pytest.fixture(scope="module")
 def hal16q(data_dir: Path) -> Questionnaire:
     return hal16q_published(data_dir / "questionnaires" / "hal16q_published.json")
+
+
+@pytest.fixture(scope="module")
+def aligned(data_dir: Path, hal16q: Questionnaire) -> TrainingSet:
+    tables = {str(p.relative_to(data_dir)): read_table(p) for p in sorted(data_dir.glob(ALIGNED))}
+    rows = aligned_rating_rows(tables, hal16q)
+    frame = average_ratings_by_dialogue(rows, hal16q.trait_ids)
+    reward = hal16q_paper_reward(data_dir / "hal16_weights_paper.json", hal16q)
+    return TrainingSet("hal16q", hal16q, SpeakerTags.doctor_visit(), frame, "prompt", rows, reward)
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +95,13 @@ def test_hal16q_ids_follow_published_positions_and_reproduce_recorded_hl(
 
 
 def test_five_rerated_folders_become_one_row_per_dialogue_and_folds_split_by_prompt(
-    data_dir: Path, hal16q: Questionnaire
+    aligned: TrainingSet,
 ) -> None:
-    tables = {str(p.relative_to(data_dir)): read_table(p) for p in sorted(data_dir.glob(ALIGNED))}
-    rows = aligned_rating_rows(tables, hal16q)
+    rows, frame = aligned.rating_rows, aligned.frame
     assert len(rows) == 3900 and rows["rater"].nunique() == 6
-    frame = average_ratings_by_dialogue(rows, hal16q.trait_ids)
     assert len(frame) == 1500
     assert frame["n_ratings"].value_counts().to_dict() == {1: 900, 5: 600}
-    five = frame[frame["n_ratings"] == 5]
-    first = five.iloc[0]
+    first = frame[frame["n_ratings"] == 5].iloc[0]
     recorded = rows.loc[rows["dialogue"] == first["dialogue"], "hal16_score"]
     assert first["hal16_score"] == pytest.approx(recorded.mean())
     for train, test in grouped_folds(frame["prompt"].to_numpy(), 5, seed=0):
@@ -103,9 +110,27 @@ def test_five_rerated_folders_become_one_row_per_dialogue_and_folds_split_by_pro
     ceiling = retest_ceiling(rows)
     assert ceiling["n_dialogues"] == 600 and ceiling["n_raters"] == 5
     assert 0.85 < ceiling["pearson"] < 0.95 and 0.85 < ceiling["pair_accuracy"] < 0.95
-    flagged = near_constant_traits(rows[hal16q.trait_ids])
+    flagged = near_constant_traits(rows[aligned.questionnaire.trait_ids])
     assert {"t02", "t04"} <= set(flagged) and flagged["t04"] == 1.0  # emoji, lowercase
     assert "t01" not in flagged
+
+
+@pytest.mark.slow
+def test_hal16q_hl_from_predicted_traits_beats_thresholds(aligned: TrainingSet, hal_home: Path):
+    featurizer = DialogueFeaturizer(FeatureConfig(), cache=embedding_cache(hal_home))
+    matrix = featurizer.transform(aligned.dialogues, aligned.tags)
+    assert matrix.ok.all()
+    report = evaluate_hl_judge(aligned, matrix, TraitRegressorConfig(), 5, seed=0, style_only=False)
+    metrics = report.metrics
+    assert metrics["cv.hl.pearson"] >= 0.85
+    assert metrics["cv.hl.pair_accuracy"] >= 0.87
+    assert metrics["cv.hl.n_pairs"] > 7000
+    # GPT-5 against its own re-rating of the same dialogue
+    assert metrics["ceiling.hl.pearson"] == pytest.approx(0.904, abs=0.005)
+    assert metrics["ceiling.hl.pair_accuracy"] == pytest.approx(0.889, abs=0.005)
+    table = report.per_trait.set_index("trait_id")
+    assert table.loc["t04", "near_constant"] and np.isnan(table.loc["t04", "spearman"])
+    assert table.loc["t01", "spearman"] > 0.7  # brevity: the heaviest weight of the reward
 
 
 def test_hl_agreement_counts_same_prompt_pairs_only() -> None:
@@ -122,13 +147,12 @@ def test_hal32q_reward_on_predicted_traits_beats_thresholds(turing) -> None:
     training, matrix = turing
     assert matrix.ok.all()
     report = evaluate_reward_judge(
-        training, matrix, TraitRegressorConfig(), n_splits=10, seed=0, style_only=False
+        training, matrix, TraitRegressorConfig(), 10, seed=0, style_only=False, reference=False
     )
     metrics = report.metrics
     assert metrics["cv.reward.pointwise"] >= 0.84
     assert metrics["cv.reward.paired"] >= 0.93
-    # the same protocol on the LLM judge's own ratings (the paper's setting) does worse
-    assert metrics["reference.llm_ratings.pointwise"] == pytest.approx(0.77, abs=0.02)
+    assert set(report.reward.weights) <= set(training.questionnaire.trait_ids)
     assert report.per_trait["trait_id"].tolist() == training.questionnaire.trait_ids
     assert report.per_trait.loc[~report.per_trait["near_constant"], "spearman"].min() > 0.1
 
