@@ -3,6 +3,10 @@ a local server answering in 100 ms, compared with the ideal concurrency/latency 
 (32 / 0.1 s = 320 ratings/s; target >= 80%), then a fully cached rerun that must make zero
 requests. The server runs in its own process so it does not compete for the client's GIL.
 
+A warm-up run (imports, first connections) is not counted. Beside each judged run, a bare
+aiohttp client posts the same request bodies at the same concurrency: the floor this server
+and machine allow, so the judge's share of it is a ratio measured under the same load.
+
     .venv/bin/python bench/judge_throughput.py
     .venv/bin/python bench/judge_throughput.py --n 500 --concurrency 32 --latency 0.1
 """
@@ -86,6 +90,47 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _bare_transport_run(bodies: list[bytes], port: int, concurrency: int) -> float:
+    """Seconds for a bare aiohttp client to post ``bodies`` at ``concurrency``."""
+    import asyncio
+
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+
+    async def post_all() -> float:
+        semaphore = asyncio.Semaphore(concurrency)
+        connector = aiohttp.TCPConnector(limit=2 * concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def post(body: bytes) -> None:
+                async with semaphore, session.post(url, data=body, headers=headers) as reply:
+                    await reply.read()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(post(body) for body in bodies))
+            return time.perf_counter() - started
+
+    return asyncio.run(post_all())
+
+
+def _request_bodies(dialogues, questionnaire, tags) -> list[bytes]:
+    from hal_core.judges.prompting import rating_messages, render_dialogue
+
+    return [
+        json.dumps(
+            {
+                "model": "bench-judge",
+                "messages": rating_messages(
+                    render_dialogue(text, tags, False), questionnaire, tags
+                ),
+            }
+        ).encode()
+        for text in dialogues
+    ]
+
+
 def _timed_run(judge, dialogues, questionnaire, tags, cache, port: int, server_pid: int) -> dict:
     before, server_cpu = _requests(port), _cpu_seconds(server_pid)
     started, cpu = time.perf_counter(), time.process_time()
@@ -108,7 +153,7 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.1, help="server seconds per request")
     parser.add_argument("--target", type=float, default=0.8, help="fraction of the limit")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="fresh-cache runs; the median is judged"
+        "--repeat", type=int, default=5, help="fresh-cache runs; the median is judged"
     )
     parser.add_argument("--transport", choices=["aiohttp", "httpx"], default="aiohttp")
     args = parser.parse_args()
@@ -128,19 +173,29 @@ def main() -> int:
             http_transport=args.transport,
         )
         judge = build_judge(config, api_key="bench-key")
+        bodies = _request_bodies(dialogues, questionnaire, tags)
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            RatingCache(Path(folder) / "c.sqlite") as cache,
+        ):
+            _timed_run(judge, dialogues[:64], questionnaire, tags, cache, port, server.pid)
+        _bare_transport_run(bodies[:64], port, args.concurrency)
         for attempt in range(args.repeat):
+            bare_s = _bare_transport_run(bodies, port, args.concurrency)
             with (
                 tempfile.TemporaryDirectory() as folder,
                 RatingCache(Path(folder) / "c.sqlite") as cache,
             ):
                 fresh = _timed_run(judge, dialogues, questionnaire, tags, cache, port, server.pid)
+                fresh["bare_per_s"] = len(bodies) / bare_s
                 runs.append(fresh)
                 stats = fresh["run"].stats
                 throughput = stats.rated / fresh["elapsed_s"]
                 print(
                     f"run {attempt + 1}: {stats.rated} rated, {stats.failed} failed, "
                     f"{fresh['requests']} requests in {fresh['elapsed_s']:.2f} s = "
-                    f"{throughput:.0f}/s ({100 * throughput / limit:.1f}% of {limit:.0f}/s); "
+                    f"{throughput:.0f}/s ({100 * throughput / limit:.1f}% of {limit:.0f}/s; "
+                    f"bare aiohttp {fresh['bare_per_s']:.0f}/s); "
                     f"client CPU {1000 * fresh['client_cpu_s'] / max(fresh['requests'], 1):.2f} "
                     f"ms/request, server CPU {fresh['server_cpu_s']:.2f} s, p50/p95 latency "
                     f"{stats.latency_quantile(0.5):.3f}/{stats.latency_quantile(0.95):.3f} s, "
@@ -156,6 +211,7 @@ def main() -> int:
 
     throughputs = sorted(r["run"].stats.rated / r["elapsed_s"] for r in runs)
     median = throughputs[len(throughputs) // 2]
+    of_bare = sorted(r["run"].stats.rated / r["elapsed_s"] / r["bare_per_s"] for r in runs)
     failures = sum(r["run"].stats.failed for r in runs)
     report = {
         "ratings_per_run": args.n,
@@ -167,6 +223,8 @@ def main() -> int:
         "throughput_per_s": [round(t, 1) for t in throughputs],
         "median_fraction_of_limit": round(median / limit, 3),
         "best_fraction_of_limit": round(throughputs[-1] / limit, 3),
+        "bare_aiohttp_per_s": sorted(round(r["bare_per_s"], 1) for r in runs),
+        "median_fraction_of_bare_aiohttp": round(of_bare[len(of_bare) // 2], 3),
         "failures": failures,
         "cached_rerun_s": round(cached["elapsed_s"], 3),
         "cached_rerun_requests": cached["requests"],

@@ -233,31 +233,49 @@ class OpenAIJudge:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
         return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
-    async def _complete(
-        self, client: openai.AsyncOpenAI, messages: list[dict], fmt: dict | None, usage: _Usage
-    ) -> str | None:
-        """One completion's text, retried on transient faults."""
+    def _request_body(self, fmt: dict | None) -> Callable[[list[dict]], bytes]:
+        """Request bytes for given messages; the rest of the body is serialized once per run."""
         config = self.config
-        body: dict[str, Any] = {"model": config.model, "messages": messages}
+        fixed: dict[str, Any] = {"model": config.model}
         if fmt is not None:
-            body["response_format"] = fmt
+            fixed["response_format"] = fmt
         for name in ("temperature", "max_completion_tokens", "reasoning_effort", "seed"):
             value = getattr(config, name)
             if value is not None:
-                body[name] = value
+                fixed[name] = value
+        head = json.dumps(fixed, ensure_ascii=False, separators=(",", ":"))[:-1]
+        prefix = f'{head},"messages":'.encode()
+
+        def body(messages: list[dict]) -> bytes:
+            return prefix + json.dumps(messages, ensure_ascii=False).encode() + b"}"
+
+        return body
+
+    async def _complete(
+        self,
+        client: openai.AsyncOpenAI,
+        messages: list[dict],
+        body: Callable[[list[dict]], bytes],
+        usage: _Usage,
+    ) -> str | None:
+        """One completion's text, retried on transient faults."""
+        config = self.config
+        content = body(messages)  # the same bytes for every attempt
+        # Absolute: spares the client re-parsing and re-joining its base URL per request.
+        url = f"{client.base_url}chat/completions"
         last = "no attempt"
         for attempt in range(config.max_retries + 1):
             usage.requests += 1
             wait: float | None = None
             try:
                 # The client's generic post: same transport, auth, timeouts and typed errors
-                # as chat.completions.create, minus two per-request costs we do not need:
-                # re-walking our plain-JSON body through the typed parameter transform, and
-                # building a typed ChatCompletion (we read three fields of the JSON).
+                # as chat.completions.create, minus per-request costs we do not need: the
+                # typed parameter transform and JSON encoding of a body we already hold as
+                # bytes, and a typed ChatCompletion (we read three fields of the JSON).
                 raw = await client.post(
-                    "/chat/completions",
+                    url,
                     cast_to=bytes,
-                    body=body,
+                    body=content,
                     options={"timeout": config.timeout_s},
                 )
             except openai.APITimeoutError:
@@ -296,13 +314,13 @@ class OpenAIJudge:
         self,
         client: openai.AsyncOpenAI,
         messages: list[dict],
-        fmt: dict | None,
+        body: Callable[[list[dict]], bytes],
         parse: Callable[[str | None], Any],
         usage: _Usage,
     ) -> tuple[Any, tuple[str, str] | None]:
         """(parsed reply, None) or (None, (error kind, reason)); one repair when malformed."""
         try:
-            reply = await self._complete(client, messages, fmt, usage)
+            reply = await self._complete(client, messages, body, usage)
             try:
                 return parse(reply), None
             except ReplyError as error:
@@ -310,7 +328,7 @@ class OpenAIJudge:
                     return None, ("invalid", f"invalid reply: {error}")
                 first = error
             repaired = repair_messages(messages, reply or "", first.problems)
-            reply = await self._complete(client, repaired, fmt, usage)
+            reply = await self._complete(client, repaired, body, usage)
             try:
                 return parse(reply), None
             except ReplyError as error:
@@ -330,7 +348,7 @@ class OpenAIJudge:
         item_id: str,
         questionnaire: Questionnaire,
         tags: SpeakerTags,
-        fmt: dict | None,
+        body: Callable[[list[dict]], bytes],
     ) -> RatingResult:
         try:
             rendered = render_dialogue(text, tags, self.config.include_other_speakers)
@@ -340,7 +358,7 @@ class OpenAIJudge:
         started = time.perf_counter()
         messages = rating_messages(rendered, questionnaire, tags)
         ratings, failure = await self._ask(
-            client, messages, fmt, lambda reply: parse_rating_reply(reply, questionnaire), usage
+            client, messages, body, lambda reply: parse_rating_reply(reply, questionnaire), usage
         )
         common = {
             "item_id": item_id,
@@ -362,8 +380,10 @@ class OpenAIJudge:
         tags: SpeakerTags,
         on_result: ResultCallback,
     ) -> None:
-        fmt = response_format(
-            rating_reply_schema(questionnaire), "ratings", self.config.response_mode
+        body = self._request_body(
+            response_format(
+                rating_reply_schema(questionnaire), "ratings", self.config.response_mode
+            )
         )
         semaphore = asyncio.Semaphore(self.config.concurrency)
         client = self._client()
@@ -371,7 +391,7 @@ class OpenAIJudge:
         async def one(position: int) -> None:
             async with semaphore:
                 result = await self._rate_one(
-                    client, dialogues[position], ids[position], questionnaire, tags, fmt
+                    client, dialogues[position], ids[position], questionnaire, tags, body
                 )
             on_result(position, result)
 
@@ -385,7 +405,9 @@ class OpenAIJudge:
             await client.close()
 
     async def _propose_all(self, games: list[Game], tags: SpeakerTags) -> list[StatementProposal]:
-        fmt = response_format(statements_reply_schema(), "statements", self.config.response_mode)
+        body = self._request_body(
+            response_format(statements_reply_schema(), "statements", self.config.response_mode)
+        )
         semaphore = asyncio.Semaphore(self.config.concurrency)
         client = self._client()
 
@@ -394,7 +416,7 @@ class OpenAIJudge:
             messages = statement_messages(game.transcript_a, game.transcript_b, tags)
             async with semaphore:
                 parsed, failure = await self._ask(
-                    client, messages, fmt, parse_statements_reply, usage
+                    client, messages, body, parse_statements_reply, usage
                 )
             tokens = {
                 "prompt_tokens": usage.prompt_tokens,

@@ -6,7 +6,9 @@ rated or failed with a reason.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -69,6 +71,33 @@ def _should_retry(result: RatingResult, policy: RetryPolicy) -> bool:
     return policy == "all" or result.error_kind == "transient"
 
 
+@contextmanager
+def _background_writes(cache: RatingCache | None) -> Iterator[Callable[..., None]]:
+    """``put`` for ``cache`` that commits on one writer thread, in arrival order.
+
+    An async judge calls back on its event loop; a commit there (a write per result) would
+    stall every request in flight. Leaving the block waits for every queued commit and
+    raises the first write error.
+    """
+    if cache is None:
+        yield lambda *args, **kwargs: None
+        return
+    writes: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hal-cache") as writer:
+
+        def put(*args, **kwargs) -> None:
+            failed = next((w for w in writes if w.done() and w.exception() is not None), None)
+            if failed is not None:  # stop rating into a cache that no longer takes writes
+                raise failed.exception()
+            writes.append(writer.submit(cache.put, *args, **kwargs))
+            while len(writes) > 1 and writes[0].done() and writes[0].exception() is None:
+                writes.pop(0)
+
+        yield put
+    for write in writes:
+        write.result()
+
+
 def rate_cached(
     judge: Judge,
     dialogues: Sequence[str],
@@ -120,42 +149,40 @@ def rate_cached(
         if key in fresh:
             raise JudgeError(f"judge answered item {key} twice")
         result = result.model_copy(update={"item_id": key, "cached": False})
-        if cache is not None:
-            cache.put(
-                key, result, judge=fingerprint, questionnaire=version, text_sha256=hashes[key]
-            )
+        put(key, result, judge=fingerprint, questionnaire=version, text_sha256=hashes[key])
         fresh[key] = result
         done += 1
         if on_progress:
             on_progress(done, stats.unique)
 
-    if todo:
-        batch = [texts[key] for key in todo]
-        if isinstance(judge, StreamingJudge):
-            judge.rate_streaming(batch, questionnaire, tags, todo, commit)
-        else:
-            for start in range(0, len(todo), chunk_size):
-                answers = judge.rate(
-                    batch[start : start + chunk_size],
-                    questionnaire,
-                    tags,
-                    todo[start : start + chunk_size],
-                )
-                if len(answers) != len(batch[start : start + chunk_size]):
-                    raise JudgeError(
-                        f"judge returned {len(answers)} results for "
-                        f"{len(batch[start : start + chunk_size])} dialogues"
+    with _background_writes(cache) as put:
+        if todo:
+            batch = [texts[key] for key in todo]
+            if isinstance(judge, StreamingJudge):
+                judge.rate_streaming(batch, questionnaire, tags, todo, commit)
+            else:
+                for start in range(0, len(todo), chunk_size):
+                    answers = judge.rate(
+                        batch[start : start + chunk_size],
+                        questionnaire,
+                        tags,
+                        todo[start : start + chunk_size],
                     )
-                for offset, answer in enumerate(answers):
-                    commit(start + offset, answer)
-        for position, key in enumerate(todo):
-            if key not in fresh:  # never silently dropped: recorded, retried next run
-                commit(
-                    position,
-                    RatingResult(
-                        item_id=key, error="judge returned no result", error_kind="transient"
-                    ),
-                )
+                    if len(answers) != len(batch[start : start + chunk_size]):
+                        raise JudgeError(
+                            f"judge returned {len(answers)} results for "
+                            f"{len(batch[start : start + chunk_size])} dialogues"
+                        )
+                    for offset, answer in enumerate(answers):
+                        commit(start + offset, answer)
+            for position, key in enumerate(todo):
+                if key not in fresh:  # never silently dropped: recorded, retried next run
+                    commit(
+                        position,
+                        RatingResult(
+                            item_id=key, error="judge returned no result", error_kind="transient"
+                        ),
+                    )
     results.update(fresh)
 
     for key in keys:

@@ -146,3 +146,20 @@ def test_local_backend_is_resolved_lazily_by_name(monkeypatch: pytest.MonkeyPatc
     judge = build_judge(config)
     assert isinstance(judge, LocalJudge)
     assert judge.origin == ("/models/local", {"batch_size": 4})
+
+
+def test_a_failing_cache_write_stops_the_run_and_earlier_commits_persist(tmp_path: Path) -> None:
+    class DiskFullAfterTwo(RatingCache):
+        def put(self, key, result, **kwargs) -> None:
+            if len(self.keys()) >= 2:
+                raise sqlite3.OperationalError("database or disk is full")
+            super().put(key, result, **kwargs)
+
+    texts = [f"I: hi {i}\nW: hello number {i}" for i in range(200)]
+    with (
+        DiskFullAfterTwo(tmp_path / "c.sqlite") as cache,
+        pytest.raises(sqlite3.OperationalError, match="disk is full"),
+    ):
+        rate_cached(CountingJudge(), texts, MINI, TAGS, cache, chunk_size=1)
+    with RatingCache(tmp_path / "c.sqlite") as reopened:
+        assert reopened.counts() == {"rated": 2}

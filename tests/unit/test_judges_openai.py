@@ -148,3 +148,33 @@ def test_fingerprint_ignores_speed_settings_but_not_the_model() -> None:
     assert base.fingerprint() == OpenAIJudgeConfig(model="m", concurrency=99).fingerprint()
     assert base.fingerprint() != OpenAIJudgeConfig(model="n").fingerprint()
     assert base.fingerprint() != OpenAIJudgeConfig(model="m", temperature=0.0).fingerprint()
+
+
+def test_request_body_carries_the_schema_sampling_settings_and_unicode_messages() -> None:
+    dialogue = "I: ça va?\nW: oui 😅 trop bien"
+    with FakeOpenAIServer(api_key=KEY) as server:
+        judge = _judge(server, temperature=0.0, seed=7, max_completion_tokens=300)
+        [result] = judge.rate([dialogue], QUESTIONNAIRE, TAGS)
+        headers, body = server.last_request
+    assert result.ok
+    assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"
+    assert body["model"] == "fake-judge"
+    assert (body["temperature"], body["seed"], body["max_completion_tokens"]) == (0.0, 7, 300)
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert sorted(schema["properties"]["ratings"]["required"]) == list(QUESTIONNAIRE.trait_ids)
+    expected = rating_messages(render_dialogue(dialogue, TAGS), QUESTIONNAIRE, TAGS)
+    assert body["messages"] == expected
+    assert "😅" in body["messages"][-1]["content"]
+
+
+def test_the_event_loop_runs_with_old_objects_frozen_and_thaws_them_after() -> None:
+    import gc
+
+    from hal_core.judges.asyncio_bridge import run_sync
+
+    async def frozen_count() -> int:
+        return gc.get_freeze_count()
+
+    assert gc.get_freeze_count() == 0
+    assert run_sync(frozen_count()) > 1000
+    assert gc.get_freeze_count() == 0
