@@ -157,11 +157,13 @@ def recipe_model(path: Path) -> str | None:
 
 
 def build_scorer(params: AlignParams, settings: HalSettings):
-    """HL scores from the configured judge and reward (see hal_core.preferences.judge_scorer)."""
-    from hal_core.judges import build_judge
-    from hal_core.preferences import judge_scorer
+    """HL scores: the judge rates each candidate through the rating cache (a rerun asks only
+    for what is missing; the API key comes from the environment or a Prefect Secret block),
+    and the reward weighs the ratings by trait id."""
+    from hal_core.preferences import hl_from_results
     from hal_core.questionnaire import Questionnaire
     from hal_core.reward import HLReward
+    from tasks.rating import rate_with_judge
 
     reward_path = settings.data_path(params.reward_file)
     payload = json.loads(Path(reward_path).read_text())
@@ -169,8 +171,21 @@ def build_scorer(params: AlignParams, settings: HalSettings):
         HLReward.from_paper_weights(reward_path) if "w" in payload else HLReward.load(reward_path)
     )
     questionnaire = Questionnaire.load(settings.data_path(params.questionnaire_file))
-    judge = build_judge(params.judge, data_dir=settings.data_dir)
-    return judge_scorer(judge, questionnaire, reward, SpeakerTags.doctor_visit())
+    needed = questionnaire.subset(list(reward.trait_ids), name=f"{questionnaire.name}-reward")
+
+    def score(candidates: pd.DataFrame) -> pd.DataFrame:
+        rating = rate_with_judge(
+            candidates["response"].astype(str).tolist(),
+            needed,
+            SpeakerTags.doctor_visit(),
+            params.judge,
+            settings.home_dir / "cache" / "ratings.sqlite",
+            data_dir=settings.data_dir,
+        )
+        results = [rating.result_for_row(row) for row in range(len(candidates))]
+        return hl_from_results(results, reward, candidates.index)
+
+    return score
 
 
 def generated_candidates(params: AlignParams, settings: HalSettings) -> pd.DataFrame:

@@ -230,18 +230,24 @@ def judge_scorer(judge, questionnaire, reward, tags) -> Scorer:
             tags,
             item_ids=candidates["candidate_id"].astype(str).tolist(),
         )
-        hl = np.full(len(candidates), np.nan)
-        errors: list[str | None] = [None] * len(candidates)
-        rated = [i for i, result in enumerate(results) if result.ok]
-        for i, result in enumerate(results):
-            if not result.ok:
-                errors[i] = result.error or "judge returned no ratings"
-        if rated:
-            ratings = pd.DataFrame([results[i].ratings for i in rated])
-            hl[rated] = reward.score(ratings)
-        return pd.DataFrame({"hl": hl, "score_error": errors}, index=candidates.index)
+        return hl_from_results(results, reward, candidates.index)
 
     return score
+
+
+def hl_from_results(results: Sequence, reward, index: pd.Index) -> pd.DataFrame:
+    """``hl`` per judge result (by trait id through ``reward``) and ``score_error`` where the
+    judge gave no ratings; one row per result, in order, on ``index``."""
+    hl = np.full(len(results), np.nan)
+    errors: list[str | None] = [None] * len(results)
+    rated = [i for i, result in enumerate(results) if result.ok]
+    for i, result in enumerate(results):
+        if not result.ok:
+            errors[i] = result.error or "judge returned no ratings"
+    if rated:
+        ratings = pd.DataFrame([results[i].ratings for i in rated])
+        hl[rated] = reward.score(ratings)
+    return pd.DataFrame({"hl": hl, "score_error": errors}, index=index)
 
 
 def attach_scores(

@@ -208,6 +208,26 @@ def check_contract(
     )
 
 
+def dataset_name(source: str | None, contract_name: str, settings: HalSettings) -> str:
+    """Where a table's validation evidence is filed: its path inside the data folder without
+    the suffix (``turing/ratings32_gpt-5``), so files that share a name in different folders
+    (the epochs of every ``aligned_outputs/<model>``) keep apart; else the file's stem."""
+    if not source:
+        return contract_name
+    path = Path(source)
+    if settings.data_dir is not None:
+        try:
+            return (
+                path.resolve()
+                .relative_to(Path(settings.data_dir).resolve())
+                .with_suffix("")
+                .as_posix()
+            )
+        except ValueError:
+            pass
+    return path.stem
+
+
 @task(name="validate_dataset", task_run_name="validate-{contract_name}")
 def validate_dataset(
     frame: pd.DataFrame,
@@ -217,17 +237,17 @@ def validate_dataset(
     run_id: str | None = None,
 ) -> ValidationReport:
     """Check a table against its contract, log the evidence, and stop on a ``fail`` breach."""
-    stem = Path(str(frame.attrs.get("source", contract_name))).stem
-    output_dir = settings.home_dir / "validation" / stem
+    name = dataset_name(frame.attrs.get("source"), contract_name, settings)
+    output_dir = settings.home_dir / "validation" / name
     report = check_contract(frame, contract_name, policy, output_dir)
     if run_id:
-        prefix = f"validation/{stem}"
+        prefix = f"validation/{name}"
         tracking.log_file(run_id, report.result_path, prefix)
         tracking.log_file(run_id, report.docs_path, f"{prefix}/data_docs")
         if report.quarantine_path is not None:
             tracking.log_file(run_id, report.quarantine_path, prefix)
         tracking.log_metrics(
-            run_id, {f"validation.{stem}.{k}": v for k, v in report.summary().items()}
+            run_id, {f"validation.{name}.{k}": v for k, v in report.summary().items()}
         )
     if report.error:
         raise DataContractError(report.error)

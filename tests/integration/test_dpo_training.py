@@ -304,25 +304,31 @@ def test_throughput_bench_runs_on_cpu_with_a_tiny_model():
     assert float(difference.rsplit(" ", 1)[1]) < 1e-4
 
 
-def test_candidates_are_scored_by_a_judge_and_the_reward(module_settings, monkeypatch):
+def test_candidates_are_scored_by_a_judge_and_the_reward(module_settings):
+    from prefect.blocks.system import Secret
+
     from flows.align import build_scorer
     from tests.fakes.openai_server import FakeOpenAIServer
 
     candidates = read_candidates.fn(
         "synthlabs/candidates_test.csv", "synthlabs/prompts_test.csv", module_settings
     ).head(8)
-    monkeypatch.setenv("HAL_TEST_JUDGE_KEY", "secret")
-    with FakeOpenAIServer(api_key="secret") as server:
+    Secret(value="secret-from-block").save("hal-test-judge-key", overwrite=True)
+    with FakeOpenAIServer(api_key="secret-from-block") as server:
         params = AlignParams(
             judge={
                 "backend": "openai",
                 "model": "fake-judge",
                 "base_url": server.base_url,
-                "api_key_env": "HAL_TEST_JUDGE_KEY",
+                "api_key_secret_block": "hal-test-judge-key",
             }
         )
         scored = score_candidates.fn(candidates, scorer=build_scorer(params, module_settings))
-        requests = len(server.records)
-    assert requests >= len(candidates)
+        first_requests = len(server.records)
+        again = score_candidates.fn(candidates, scorer=build_scorer(params, module_settings))
+        rerun_requests = len(server.records) - first_requests
+    assert first_requests >= len(candidates)
+    assert rerun_requests == 0  # served from the rating cache
     assert scored["hl"].notna().all() and scored["hl"].nunique() > 1
     assert scored["score_error"].isna().all()
+    pd.testing.assert_series_equal(scored["hl"], again["hl"])

@@ -47,9 +47,9 @@ def test_artifacts_hold_reward_plots_and_validation(fitted, settings):
 
     assert {"reward.json", "questionnaire.json", "plots", "validation", "tables"} <= listing()
     assert {"plots/trait_weights.png", "plots/hl_histogram_grouped_cv.png"} <= listing("plots")
-    validation = listing("validation/ratings32_gpt-5")
-    assert "validation/ratings32_gpt-5/validation_result.json" in validation
-    assert "validation/ratings32_gpt-5/data_docs" in validation
+    validation = listing("validation/turing/ratings32_gpt-5")
+    assert "validation/turing/ratings32_gpt-5/validation_result.json" in validation
+    assert "validation/turing/ratings32_gpt-5/data_docs" in validation
 
 
 def test_champion_alias_serves_hl_scores_by_trait_id(fitted, settings, data_dir):
@@ -89,3 +89,29 @@ def test_validate_flow_quarantines_and_logs(settings, tmp_path):
     )[0]
     assert run.data.metrics["validation.games_broken.quarantined_rows"] == 1
     assert run.data.metrics["validation.quarantined_rows"] == 1
+
+
+def test_same_named_files_in_different_folders_keep_separate_validation_evidence(settings):
+    summaries = validate_data(
+        ValidateDataParams(
+            datasets={
+                "aligned_outputs/Llama-3.2-*-Instruct/samples_epoch_00_*.csv": "aligned_outputs16"
+            }
+        )
+    )
+    assert [s.file for s in summaries] == [
+        "aligned_outputs/Llama-3.2-1B-Instruct/samples_epoch_00_scored_gpt-5.csv",
+        "aligned_outputs/Llama-3.2-3B-Instruct/samples_epoch_00_scored_gpt-5.csv",
+    ]
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
+    client = MlflowClient()
+    run = client.search_runs(
+        [client.get_experiment_by_name(settings.experiment_data).experiment_id],
+        order_by=["start_time DESC"],
+        max_results=1,
+    )[0]
+    for model in ("Llama-3.2-1B-Instruct", "Llama-3.2-3B-Instruct"):
+        folder = f"validation/aligned_outputs/{model}/samples_epoch_00_scored_gpt-5"
+        listed = {item.path for item in client.list_artifacts(run.info.run_id, folder)}
+        assert f"{folder}/validation_result.json" in listed
+        assert run.data.metrics[f"{folder.replace('validation/', 'validation.', 1)}.rows"] == 100
