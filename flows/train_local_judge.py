@@ -1,6 +1,7 @@
 """Flow ``train_local_judge``: recorded LLM ratings -> features -> grouped CV -> fit -> register.
 
 hal train-local-judge                              # HAL32Q on turing/ratings32_gpt-5.csv
+hal train-local-judge --recipe infra/recipes/train_local_judge.yaml   # the same, as a recipe
 hal train-local-judge --questionnaire hal16q       # HAL16Q on aligned_outputs (paper reward)
 hal train-local-judge --questionnaire hal16q --max-chunks 0   # encode every MiniLM window
 

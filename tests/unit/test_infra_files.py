@@ -202,3 +202,31 @@ def test_multi_node_doc_names_files_that_exist() -> None:
     assert "flows/train_dpo.py" in named and "infra/accelerate/zero3.yaml" in named
     missing = sorted(p for p in named - site_specific if not (PROJECT_ROOT / p).exists())
     assert not missing, f"docs/multi-node.md names missing files {missing}"
+
+
+STAGE_RECIPES = {
+    "fit_reward.yaml": "flows.fit_reward:FitRewardParams",
+    "pipeline.yaml": "flows.pipeline:PipelineParams",
+    "train_local_judge.yaml": "flows.train_local_judge:TrainLocalJudgeParams",
+    "derive_traits.yaml": "hal_core.derivation:DerivationRecipe",
+}
+
+
+def test_every_stage_recipe_loads_into_its_parameter_model() -> None:
+    import importlib
+
+    shipped = {path.name for path in (INFRA / "recipes").glob("*.yaml")}
+    assert shipped == set(STAGE_RECIPES), "a recipe without a model to check it against"
+    for name, target in STAGE_RECIPES.items():
+        module, _, model = target.partition(":")
+        values = yaml.safe_load((INFRA / "recipes" / name).read_text())
+        parameters = getattr(importlib.import_module(module), model)
+        assert parameters.model_config.get("extra") == "forbid", f"{model} accepts unknown keys"
+        parameters.model_validate(values)  # raises on an unknown key or a wrong type
+
+
+def test_local_judge_recipe_keeps_the_flow_defaults() -> None:
+    from flows.train_local_judge import TrainLocalJudgeParams
+
+    values = yaml.safe_load((INFRA / "recipes" / "train_local_judge.yaml").read_text())
+    assert TrainLocalJudgeParams.model_validate(values) == TrainLocalJudgeParams()
