@@ -122,9 +122,7 @@ class AlignParams(BaseModel):
     force_fresh_start: bool = Field(
         default=False, description="Discard checkpoints of an earlier run instead of resuming."
     )
-    parent_run_id: str | None = Field(
-        default=None, description="MLflow run to nest under (set by the pipeline)."
-    )
+    parent_run_id: tracking.ParentRunId = None
 
     @model_validator(mode="after")
     def _one_process_for_single(self) -> AlignParams:

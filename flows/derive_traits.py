@@ -34,7 +34,7 @@ from tasks.derivation import (
     resolve_recipe_path,
     save_questionnaire,
 )
-from tasks.validation import validate_dataset
+from tasks.validation import Policy, validate_dataset
 
 STATEMENTS_CONTRACT = "statements"
 
@@ -78,13 +78,11 @@ class DeriveTraitsParams(BaseModel):
     questionnaire_name: str | None = Field(
         default=None, description="Name of the derived questionnaire; default derived-<file>."
     )
-    validation_policy: Literal["fail", "quarantine"] = Field(
+    validation_policy: Policy = Field(
         default="fail",
         description="Stop on malformed statements rows, or quarantine them and go on.",
     )
-    parent_run_id: str | None = Field(
-        default=None, description="MLflow run to nest under (set by the pipeline)."
-    )
+    parent_run_id: tracking.ParentRunId = None
 
     @model_validator(mode="after")
     def _llm_needs_a_completer(self) -> DeriveTraitsParams:

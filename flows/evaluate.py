@@ -30,7 +30,7 @@ from tasks.evaluation import (
     rate_responses,
     read_response_files,
 )
-from tasks.tracking import input_hashes, log_params, stage_run
+from tasks.tracking import ParentRunId, input_hashes, log_params, stage_run
 
 
 class EvaluateParams(BaseModel):
@@ -70,9 +70,7 @@ class EvaluateParams(BaseModel):
     )
     elo_orderings: int = Field(default=1000, ge=1, description="Random game orders for Elo.")
     seed: int = Field(default=42, description="Seed of the Elo orderings.")
-    parent_run_id: str | None = Field(
-        default=None, description="MLflow run to nest under (set by the pipeline)."
-    )
+    parent_run_id: ParentRunId = None
 
 
 @flow(name="evaluate")

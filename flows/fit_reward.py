@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +18,7 @@ from tasks.reward import (
     register_reward,
     save_reward,
 )
-from tasks.validation import validate_dataset
+from tasks.validation import Policy, validate_dataset
 
 
 class FitRewardParams(BaseModel):
@@ -37,7 +35,7 @@ class FitRewardParams(BaseModel):
         description="Questionnaire whose trait ids the rating lists follow, position by position.",
     )
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Fit and CV settings.")
-    validation_policy: Literal["fail", "quarantine"] = Field(
+    validation_policy: Policy = Field(
         default="fail", description="Stop on bad rows, or quarantine them and go on."
     )
     register_as: str | None = Field(
@@ -46,9 +44,7 @@ class FitRewardParams(BaseModel):
     alias: str | None = Field(
         default="champion", description="Alias moved to the new version; empty = none."
     )
-    parent_run_id: str | None = Field(
-        default=None, description="MLflow run to nest under (set by the pipeline)."
-    )
+    parent_run_id: tracking.ParentRunId = None
 
 
 class FitRewardResult(BaseModel):

@@ -100,7 +100,7 @@ class PipelineParams(BaseModel):
     )
     align: AlignParams = Field(default_factory=AlignParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    parent_run_id: str | None = Field(default=None, description="MLflow run to nest under.")
+    parent_run_id: tracking.ParentRunId = None
 
 
 class PipelineResult(BaseModel):

@@ -72,9 +72,7 @@ class RateDialoguesParams(BaseModel):
     )
     limit: int | None = Field(default=None, ge=1, description="Rate only the first N rows.")
     progress: bool = Field(default=False, description="Show a progress bar on stderr.")
-    parent_run_id: str | None = Field(
-        default=None, description="MLflow run to nest under (set by the pipeline)."
-    )
+    parent_run_id: tracking.ParentRunId = None
 
 
 class RateDialoguesResult(BaseModel):

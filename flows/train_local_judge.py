@@ -34,7 +34,7 @@ from tasks.local_judge import (
     register_local_judge,
     save_local_judge,
 )
-from tasks.validation import validate_dataset
+from tasks.validation import Policy, validate_dataset
 
 
 class TrainLocalJudgeParams(BaseModel):
@@ -71,7 +71,7 @@ class TrainLocalJudgeParams(BaseModel):
         default=True, description="Also cross-validate a judge on the style features alone."
     )
     attach_reward: bool = Field(default=True, description="Registered judge also returns hl.")
-    validation_policy: Literal["fail", "quarantine"] = Field(
+    validation_policy: Policy = Field(
         default="fail", description="Stop on rows that break the data contract, or drop them."
     )
     embedding_cache: str | None = Field(
@@ -84,9 +84,7 @@ class TrainLocalJudgeParams(BaseModel):
     alias: str | None = Field(
         default="auto", description="Alias moved to the new version; 'auto' = questionnaire id."
     )
-    parent_run_id: str | None = Field(
-        default=None, description="MLflow run to nest under (set by the pipeline)."
-    )
+    parent_run_id: tracking.ParentRunId = None
 
 
 class TrainLocalJudgeResult(BaseModel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
@@ -14,7 +13,7 @@ from hal_core.settings import get_settings
 from tasks import tracking
 from tasks.contracts import DATASET_CONTRACTS
 from tasks.reward import load_table
-from tasks.validation import validate_dataset
+from tasks.validation import Policy, validate_dataset
 
 
 class ValidateDataParams(BaseModel):
@@ -26,10 +25,10 @@ class ValidateDataParams(BaseModel):
         default_factory=lambda: dict(DATASET_CONTRACTS),
         description="File (glob, relative to the data folder) -> contract name.",
     )
-    policy: Literal["fail", "quarantine"] = Field(
+    policy: Policy = Field(
         default="quarantine", description="Stop at the first bad file, or quarantine bad rows."
     )
-    parent_run_id: str | None = Field(default=None, description="MLflow run to nest under.")
+    parent_run_id: tracking.ParentRunId = None
 
 
 class DatasetSummary(BaseModel):

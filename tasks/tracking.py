@@ -8,14 +8,20 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from pydantic import Field
 
 from hal_core.settings import HalSettings
 from hal_core.tables import file_sha256
+
+ParentRunId = Annotated[
+    str | None, Field(description="MLflow run to nest under (set by the pipeline).")
+]
+"""A stage's ``parent_run_id`` parameter: ``parent_run_id: ParentRunId = None``."""
 
 
 def configure_tracking(settings: HalSettings) -> str:
