@@ -14,6 +14,20 @@ app = typer.Typer(help="hal: human-likeness rewards and alignment.", no_args_is_
 RecipeOption = Annotated[
     Path | None, typer.Option(help="YAML recipe with the stage's parameters.", exists=True)
 ]
+# Options that pick and tune a judge (``add_judge`` assembles them).
+JudgeFileOption = Annotated[
+    Path | None, typer.Option(help="YAML judge config (backend, model, ...).", exists=True)
+]
+BackendOption = Annotated[str | None, typer.Option(help="openai | hf | recorded | local")]
+ModelOption = Annotated[str | None, typer.Option(help="Model name (openai backend).")]
+BaseUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")]
+ConcurrencyOption = Annotated[int | None, typer.Option(help="Requests in flight.")]
+ModelPathOption = Annotated[str | None, typer.Option(help="Local model (hf, local).")]
+CacheOption = Annotated[str | None, typer.Option(help="SQLite cache of judge answers.")]
+RetryOption = Annotated[
+    str | None, typer.Option(help="Failures asked again: none | transient | all")
+]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
 def load_recipe(recipe: Path | None) -> dict:
@@ -31,6 +45,15 @@ def merge(recipe: Path | None, **overrides: object) -> dict:
     values = load_recipe(recipe)
     values.update({key: value for key, value in overrides.items() if value is not None})
     return values
+
+
+def add_judge(values: dict, judge_file: Path | None, **flags: object) -> None:
+    """Set ``values["judge"]``: the recipe's judge, then a judge YAML, then single flags
+    (backend openai unless one is named)."""
+    judge = {**dict(values.get("judge") or {}), **load_recipe(judge_file)}
+    judge.update({key: value for key, value in flags.items() if value is not None})
+    if judge:
+        values["judge"] = {"backend": "openai", **judge}
 
 
 @app.command()
@@ -133,23 +156,21 @@ def rate(
         str | None, typer.Argument(help="CSV with one dialogue per row (or set in --recipe).")
     ] = None,
     recipe: RecipeOption = None,
-    judge: Annotated[
-        Path | None, typer.Option(help="YAML judge config (backend, model, ...).", exists=True)
-    ] = None,
-    backend: Annotated[str | None, typer.Option(help="openai | hf | recorded | local")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (openai backend).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
-    model_path: Annotated[str | None, typer.Option(help="Local model (hf, local).")] = None,
+    judge: JudgeFileOption = None,
+    backend: BackendOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    concurrency: ConcurrencyOption = None,
+    model_path: ModelPathOption = None,
     questionnaire: Annotated[str | None, typer.Option(help="Questionnaire JSON.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Dialogue column.")] = None,
     id_column: Annotated[str | None, typer.Option(help="Unique id column.")] = None,
     speakers: Annotated[str | None, typer.Option(help="turing | doctor_visit")] = None,
     output: Annotated[str | None, typer.Option(help="Ratings CSV to write.")] = None,
-    cache: Annotated[str | None, typer.Option(help="SQLite rating cache.")] = None,
+    cache: CacheOption = None,
     limit: Annotated[int | None, typer.Option(help="Rate only the first N rows.")] = None,
-    retry_failures: Annotated[str | None, typer.Option(help="none | transient | all")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    retry_failures: RetryOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Rate dialogues on a questionnaire with a judge; cached, resumable, every item accounted."""
     from flows.rate_dialogues import RateDialoguesParams, rate_dialogues
@@ -167,18 +188,61 @@ def rate(
         retry_failures=retry_failures,
         progress=progress,
     )
-    judge_values = {**dict(values.get("judge") or {}), **load_recipe(judge)}
-    flags = {
-        "backend": backend,
-        "model": model,
-        "base_url": base_url,
-        "concurrency": concurrency,
-        "model_path": model_path,
-    }
-    judge_values.update({key: value for key, value in flags.items() if value is not None})
-    if judge_values:
-        values["judge"] = {"backend": "openai", **judge_values}
+    add_judge(
+        values,
+        judge,
+        backend=backend,
+        model=model,
+        base_url=base_url,
+        concurrency=concurrency,
+        model_path=model_path,
+    )
     result = rate_dialogues(RateDialoguesParams(**values))
+    typer.echo(json.dumps(result.model_dump(), indent=2))
+
+
+@app.command("collect-statements")
+def collect_statements_command(
+    games_file: Annotated[
+        str | None, typer.Argument(help="Games table (default turing/games.csv).")
+    ] = None,
+    recipe: RecipeOption = None,
+    judge: JudgeFileOption = None,
+    backend: BackendOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    concurrency: ConcurrencyOption = None,
+    model_path: ModelPathOption = None,
+    output: Annotated[str | None, typer.Option(help="Statements CSV to write.")] = None,
+    cache: CacheOption = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N games.")] = None,
+    retry_failures: RetryOption = None,
+    policy: Annotated[str | None, typer.Option(help="fail | quarantine")] = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Ask a judge what gave the human away in each Turing game; cached, resumable."""
+    from flows.collect_statements import CollectStatementsParams, collect_statements
+
+    values = merge(
+        recipe,
+        games_file=games_file,
+        output_file=output,
+        cache_file=cache,
+        limit=limit,
+        retry_failures=retry_failures,
+        validation_policy=policy,
+        progress=progress,
+    )
+    add_judge(
+        values,
+        judge,
+        backend=backend,
+        model=model,
+        base_url=base_url,
+        concurrency=concurrency,
+        model_path=model_path,
+    )
+    result = collect_statements(CollectStatementsParams(**values))
     typer.echo(json.dumps(result.model_dump(), indent=2))
 
 
@@ -420,8 +484,7 @@ def align(
     )
     if dpo_recipe is not None:
         values["recipe"] = dpo_recipe
-    if judge is not None:
-        values["judge"] = load_recipe(judge)
+    add_judge(values, judge)
     if k is not None:
         values["pairing"] = {**dict(values.get("pairing") or {}), "k": k}
     overrides = dict(values.get("recipe_overrides") or {})

@@ -1,5 +1,8 @@
-"""Flow ``hal_pipeline``: validate -> derive traits -> fit reward -> train the local judge ->
-rate candidates -> build preferences and align -> evaluate.
+"""Flow ``hal_pipeline``: validate -> [collect statements] -> derive traits -> fit reward ->
+train the local judge -> rate candidates -> build preferences and align -> evaluate.
+
+Statements come from the recorded GPT-5 file unless ``collect_statements`` names a live judge;
+then derive_traits reads what that judge wrote.
 
 Each stage is a subflow with its own MLflow run nested under the pipeline's run. A stage whose
 parameters, data, recipes and code are unchanged is skipped: its cached result is reused.
@@ -20,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.align import AlignParams
+from flows.collect_statements import CollectStatementsParams
 from flows.derive_traits import DeriveTraitsParams
 from flows.evaluate import EvaluateParams
 from flows.fit_reward import FitRewardParams
@@ -34,6 +38,7 @@ from tasks.stages import cached_stage_runner, code_fingerprint, folder_fingerpri
 
 Stage = Literal[
     "validate_data",
+    "collect_statements",
     "derive_traits",
     "fit_reward",
     "train_local_judge",
@@ -46,6 +51,10 @@ STAGE_FLOWS: dict[str, tuple[str, str]] = {
     "validate_data": (
         "flows.validate_data:validate_data",
         "flows.validate_data:ValidateDataParams",
+    ),
+    "collect_statements": (
+        "flows.collect_statements:collect_statements",
+        "flows.collect_statements:CollectStatementsParams",
     ),
     "derive_traits": (
         "flows.derive_traits:derive_traits",
@@ -87,6 +96,11 @@ class PipelineParams(BaseModel):
         default=True, description="Skip a stage whose inputs, recipe and code are unchanged."
     )
     validate_data: ValidateDataParams = Field(default_factory=ValidateDataParams)
+    collect_statements: CollectStatementsParams | None = Field(
+        default=None,
+        description="A live judge writes the statements derive_traits reads; None = the "
+        "derive_traits statements file (the recorded GPT-5 statements).",
+    )
     derive_traits: DeriveTraitsParams = Field(default_factory=DeriveTraitsParams)
     fit_reward: FitRewardParams = Field(default_factory=FitRewardParams)
     cross_judge_ratings: list[str] = Field(
@@ -188,7 +202,14 @@ def hal_pipeline(params: PipelineParams | None = None) -> PipelineResult:
             return result
 
         stage("validate_data", params.validate_data, {})
-        stage("derive_traits", params.derive_traits, {})
+        derive_params = params.derive_traits
+        if params.collect_statements is not None:
+            statements = stage("collect_statements", params.collect_statements, {})
+            if statements.get("output_file"):
+                derive_params = derive_params.model_copy(
+                    update={"statements_file": statements["output_file"]}
+                )
+        stage("derive_traits", derive_params, {})
         reward = stage("fit_reward", params.fit_reward, {})
         for ratings_file in params.cross_judge_ratings:
             cross_judge = params.fit_reward.model_copy(

@@ -20,14 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from hal_core.dialogue import SpeakerTags
 from hal_core.judges import JudgeConfig, OpenAIJudgeConfig
 from hal_core.judges.runner import ratings_table
-from hal_core.settings import HalSettings, get_settings
+from hal_core.settings import get_settings
 from tasks import tracking
 from tasks.rating import (
+    limit_suffix,
     log_rating_run,
     rate_with_judge,
     read_dialogues,
     read_questionnaire,
-    save_ratings,
+    save_table,
     summary_line,
 )
 
@@ -61,7 +62,8 @@ class RateDialoguesParams(BaseModel):
         default_factory=OpenAIJudgeConfig, description="Which judge rates (by backend)."
     )
     output_file: str | None = Field(
-        default=None, description="Ratings CSV; None = HAL_HOME/ratings/<input>-<judge>.csv."
+        default=None,
+        description="Ratings CSV; None = HAL_HOME/ratings/<input>[-first<limit>]-<judge>.csv.",
     )
     cache_file: str | None = Field(
         default=None, description="SQLite rating cache; None = HAL_HOME/cache/ratings.sqlite."
@@ -83,11 +85,6 @@ class RateDialoguesResult(BaseModel):
     metrics: dict[str, float]
 
 
-def _input_path(name: str, settings: HalSettings) -> Path:
-    path = Path(name)
-    return path.resolve() if path.is_absolute() or path.exists() else settings.data_path(path)
-
-
 def _tags(params: RateDialoguesParams) -> SpeakerTags:
     if params.speaker_tags is not None:
         return params.speaker_tags
@@ -98,8 +95,8 @@ def _tags(params: RateDialoguesParams) -> SpeakerTags:
 def rate_dialogues(params: RateDialoguesParams) -> RateDialoguesResult:
     """Rate the rated speaker of every dialogue on every trait of a questionnaire."""
     settings = get_settings()
-    input_path = _input_path(params.input_file, settings)
-    questionnaire_path = _input_path(params.questionnaire_file, settings)
+    input_path = settings.input_path(params.input_file)
+    questionnaire_path = settings.input_path(params.questionnaire_file)
     cache_path = Path(params.cache_file or settings.home_dir / "cache" / "ratings.sqlite")
     tags = _tags(params)
     with tracking.stage_run(
@@ -124,9 +121,11 @@ def rate_dialogues(params: RateDialoguesParams) -> RateDialoguesResult:
         table = ratings_table(rating, questionnaire, dialogues["item_id"].tolist())
         output_path = Path(
             params.output_file
-            or settings.home_dir / "ratings" / f"{input_path.stem}-{rating.fingerprint[:12]}.csv"
+            or settings.home_dir
+            / "ratings"
+            / f"{input_path.stem}{limit_suffix(params.limit)}-{rating.fingerprint[:12]}.csv"
         )
-        save_ratings(table, output_path)
+        save_table(table, output_path)
         metrics = log_rating_run(
             run_id,
             rating,

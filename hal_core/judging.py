@@ -3,15 +3,18 @@
 Every backend (an LLM behind an API, a local transformers model, recorded ratings, the local
 fast judge) implements :class:`Judge`. Ratings are keyed by trait id, never by position.
 Backends that can report each result as soon as it exists also implement
-:class:`StreamingJudge`, so callers can commit results as they arrive; backends that can read
-a whole Turing game and say what gave the human away implement :class:`StatementProposer`.
+:class:`StreamingJudge`, so callers can commit results as they arrive (their ``rate`` comes
+from :class:`RateByStreaming`); backends that can read a whole Turing game and say what gave
+the human away implement :class:`StatementProposer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core.dialogue import SpeakerTags
@@ -60,6 +63,54 @@ class RatingResult(BaseModel):
         return self.ratings is not None and self.error is None
 
 
+@dataclass
+class JudgeRunStats:
+    """What a run through a judge and its cache did: the accounting that rating and statement
+    runs share (per input row, unless said otherwise)."""
+
+    unique: int = 0
+    failed: int = 0
+    cache_hits: int = 0
+    requested: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latencies: list[float] = field(default_factory=list)
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def latency_quantile(self, q: float) -> float:
+        return float(np.quantile(self.latencies, q)) if self.latencies else float("nan")
+
+    def count_failure(self, kind: str) -> None:
+        self.failed += 1
+        self.failures_by_kind[kind] = self.failures_by_kind.get(kind, 0) + 1
+
+    def add_usage(self, answer: RatingResult | StatementProposal) -> None:
+        """Requests, tokens and latency of a freshly asked item (not a cache hit)."""
+        self.requests += answer.requests
+        self.prompt_tokens += answer.prompt_tokens
+        self.completion_tokens += answer.completion_tokens
+        if answer.latency_s is not None:
+            self.latencies.append(answer.latency_s)
+
+    def usage_metrics(self) -> dict[str, float]:
+        """Failures (also by kind), cache hits, requests, tokens and latency quantiles."""
+        metrics = {
+            "failures": self.failed,
+            "cache_hits": self.cache_hits,
+            "requested": self.requested,
+            "requests": self.requests,
+            "tokens": self.prompt_tokens + self.completion_tokens,
+            "tokens.prompt": self.prompt_tokens,
+            "tokens.completion": self.completion_tokens,
+            "latency_p50_s": self.latency_quantile(0.5),
+            "latency_p95_s": self.latency_quantile(0.95),
+        }
+        for kind, count in sorted(self.failures_by_kind.items()):
+            metrics[f"failures.{kind}"] = count
+        return {key: float(value) for key, value in metrics.items()}
+
+
 ResultCallback = Callable[[int, RatingResult], None]
 """Called with (position in the input, result) as soon as an item is finished."""
 
@@ -83,8 +134,13 @@ class StatementProposal(BaseModel):
     verdict: str | None = Field(default=None, description="'A' or 'B'.")
     statements: list[str] = Field(default_factory=list)
     error: str | None = None
+    error_kind: ErrorKind | None = Field(default=None, description="Class of the failure.")
+    latency_s: float | None = Field(
+        default=None, description="Wall time from first request to final answer, retries included."
+    )
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    requests: int = Field(default=0, description="Requests sent, retries and repairs included.")
 
     @property
     def ok(self) -> bool:
@@ -126,6 +182,34 @@ class StreamingJudge(Judge, Protocol):
         ...
 
 
+class RateByStreaming:
+    """Mixin for a class with ``rate_streaming``: its ``rate`` collects the streamed results."""
+
+    def rate(
+        self,
+        dialogues: Sequence[str],
+        questionnaire: Questionnaire,
+        tags: SpeakerTags,
+        item_ids: Sequence[str] | None = None,
+    ) -> list[RatingResult]:
+        """One result per dialogue, in input order."""
+        results: list[RatingResult | None] = [None] * len(dialogues)
+
+        def keep(position: int, result: RatingResult) -> None:
+            results[position] = result
+
+        self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep)
+        return [result for result in results if result is not None]
+
+
+def item_ids_or_positions(dialogues: Sequence[str], item_ids: Sequence[str] | None) -> list[str]:
+    """The caller's ids of the dialogues, or their positions (``"0"``, ``"1"``...) when None."""
+    ids = list(item_ids) if item_ids is not None else [str(i) for i in range(len(dialogues))]
+    if len(ids) != len(dialogues):
+        raise ValueError(f"{len(ids)} item ids for {len(dialogues)} dialogues")
+    return ids
+
+
 @runtime_checkable
 class StatementProposer(Protocol):
     """Reads a whole game, guesses the human witness and says what gave them away."""
@@ -136,4 +220,18 @@ class StatementProposer(Protocol):
         self, games: Sequence[Game], tags: SpeakerTags
     ) -> list[StatementProposal]:
         """One proposal per game, in input order; failures carry ``error``, never a guess."""
+        ...
+
+
+@runtime_checkable
+class StreamingProposer(StatementProposer, Protocol):
+    """A proposer that reports every game as soon as it is final (so it can be committed)."""
+
+    def propose_streaming(
+        self,
+        games: Sequence[Game],
+        tags: SpeakerTags,
+        on_result: Callable[[int, StatementProposal], None],
+    ) -> None:
+        """Call ``on_result(position, proposal)`` exactly once per game, in any order."""
         ...

@@ -34,7 +34,7 @@ import json
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -808,6 +808,11 @@ def near_constant_traits(ratings: pd.DataFrame, threshold: float = 0.9) -> dict[
 RewardFactory = Callable[[], TraitLogisticRegression]
 
 
+def _paper_reward_estimator() -> TraitLogisticRegression:
+    """The reward estimator of the paper's protocol (the default ``RewardFactory``)."""
+    return TraitLogisticRegression(C=1.0, selection_threshold=0.2)
+
+
 @dataclass(frozen=True)
 class RewardCV:
     """Human-vs-AI accuracy of a reward on predicted traits, both fitted inside the folds."""
@@ -838,7 +843,7 @@ def cross_val_reward_on_predicted_traits(
     """
     from hal_core.reward import paired_accuracy
 
-    factory = reward_factory or (lambda: TraitLogisticRegression(C=1.0, selection_threshold=0.2))
+    factory = reward_factory or _paper_reward_estimator
     is_human = np.asarray(is_human, int)
     scores = np.full(len(Y), np.nan)
     predictions = pd.DataFrame(np.nan, index=Y.index, columns=Y.columns)
@@ -867,7 +872,7 @@ def fit_reward_on_predicted_traits(
     oof_predictions: pd.DataFrame, is_human: np.ndarray, reward_factory: RewardFactory | None = None
 ) -> HLReward:
     """The reward for a judge: fitted on out-of-fold predicted traits of every witness."""
-    factory = reward_factory or (lambda: TraitLogisticRegression(C=1.0, selection_threshold=0.2))
+    factory = reward_factory or _paper_reward_estimator
     fitted = factory().fit(oof_predictions.reset_index(drop=True), np.asarray(is_human, int))
     return fitted.to_reward(fitted_on="out-of-fold predicted traits of the local judge")
 
@@ -912,6 +917,43 @@ class LocalJudgeReport:
 
 def style_columns(names: Sequence[str]) -> list[int]:
     return [i for i, name in enumerate(names) if name.startswith("style.")]
+
+
+@dataclass(frozen=True)
+class _FeaturizedRows:
+    """The training rows whose dialogues could be featurized, with their feature rows."""
+
+    frame: pd.DataFrame
+    labels: pd.DataFrame
+    X: np.ndarray
+    names: list[str]
+    groups: np.ndarray
+    n_unparseable: int
+
+    @classmethod
+    def select(cls, training: TrainingSet, matrix: FeatureMatrix) -> _FeaturizedRows:
+        ok = matrix.ok
+        frame = training.frame.reset_index(drop=True)[ok].reset_index(drop=True)
+        return cls(
+            frame=frame,
+            labels=frame[training.questionnaire.trait_ids],
+            X=matrix.values[ok],
+            names=matrix.names,
+            groups=frame[training.group_column].astype(str).to_numpy(),
+            n_unparseable=int((~ok).sum()),
+        )
+
+    def style_only(self) -> _FeaturizedRows:
+        """The same rows with only the style features."""
+        columns = style_columns(self.names)
+        return replace(self, X=self.X[:, columns], names=[self.names[i] for i in columns])
+
+    def size_metrics(self, n_splits: int) -> dict[str, float]:
+        return {
+            "n_train": float(len(self.frame)),
+            "n_unparseable": float(self.n_unparseable),
+            "cv.folds": float(n_splits),
+        }
 
 
 def _per_trait_table(
@@ -988,14 +1030,17 @@ def _evaluate_hl_judge(
     seed: int,
     style_only: bool,
 ) -> LocalJudgeReport:
-    ok = matrix.ok
-    frame = training.frame.reset_index(drop=True)[ok].reset_index(drop=True)
-    labels = frame[training.questionnaire.trait_ids]
-    X = matrix.values[ok]
-    groups = frame[training.group_column].astype(str).to_numpy()
+    featurized = _FeaturizedRows.select(training, matrix)
+    frame, labels, groups = featurized.frame, featurized.labels, featurized.groups
     weights = _sample_weight(frame, config)
     scale = training.questionnaire.scale
-    oof = cross_val_traits(X, labels, groups, matrix.names, config, scale, n_splits, seed, weights)
+
+    def cross_validate(data: _FeaturizedRows) -> pd.DataFrame:
+        return cross_val_traits(
+            data.X, data.labels, data.groups, data.names, config, scale, n_splits, seed, weights
+        )
+
+    oof = cross_validate(featurized)
     hl = training.reward.score(oof)
     recorded = frame["hal16_score"].to_numpy(float)
     agreement = hl_agreement(hl, recorded, groups)
@@ -1003,9 +1048,7 @@ def _evaluate_hl_judge(
         "cv.hl.pearson": agreement.pearson,
         "cv.hl.pair_accuracy": agreement.pair_accuracy,
         "cv.hl.n_pairs": float(agreement.n_pairs),
-        "n_train": float(ok.sum()),
-        "n_unparseable": float((~ok).sum()),
-        "cv.folds": float(n_splits),
+        **featurized.size_metrics(n_splits),
     }
     if training.rating_rows is not None:
         by_text = pd.Series(hl, index=frame["dialogue"])
@@ -1017,11 +1060,7 @@ def _evaluate_hl_judge(
         metrics.update({f"ceiling.hl.{k}": v for k, v in ceiling.items()})
     style_oof = None
     if style_only:
-        columns = style_columns(matrix.names)
-        names = [matrix.names[i] for i in columns]
-        style_oof = cross_val_traits(
-            X[:, columns], labels, groups, names, config, scale, n_splits, seed, weights
-        )
+        style_oof = cross_validate(featurized.style_only())
         style_agreement = hl_agreement(training.reward.score(style_oof), recorded, groups)
         metrics["cv_style_only.hl.pearson"] = style_agreement.pearson
         metrics["cv_style_only.hl.pair_accuracy"] = style_agreement.pair_accuracy
@@ -1066,24 +1105,24 @@ def _evaluate_reward_judge(
 ) -> LocalJudgeReport:
     from hal_core.reward import paired_accuracy
 
-    ok = matrix.ok
-    frame = training.frame.reset_index(drop=True)[ok].reset_index(drop=True)
-    labels = frame[training.questionnaire.trait_ids]
-    X = matrix.values[ok]
-    games = frame[training.group_column].astype(str).to_numpy()
+    featurized = _FeaturizedRows.select(training, matrix)
+    frame, labels, games = featurized.frame, featurized.labels, featurized.groups
     is_human = frame["is_human"].to_numpy(int)
     scale = training.questionnaire.scale
-    result = cross_val_reward_on_predicted_traits(
-        X, labels, is_human, games, matrix.names, config, scale, n_splits, 5, seed, reward_factory
-    )
+
+    def cross_validate(data: _FeaturizedRows) -> RewardCV:
+        return cross_val_reward_on_predicted_traits(
+            data.X, data.labels, is_human, data.groups, data.names, config, scale, n_splits, 5,
+            seed, reward_factory,
+        )  # fmt: skip
+
+    result = cross_validate(featurized)
     metrics = {
         "cv.reward.pointwise": result.pointwise,
         "cv.reward.paired": result.paired,
-        "n_train": float(ok.sum()),
-        "n_unparseable": float((~ok).sum()),
-        "cv.folds": float(n_splits),
+        **featurized.size_metrics(n_splits),
     }
-    factory = reward_factory or (lambda: TraitLogisticRegression(C=1.0, selection_threshold=0.2))
+    factory = reward_factory or _paper_reward_estimator
     llm_scores = np.full(len(frame), np.nan)
     if reference:  # the same reward protocol on the LLM judge's own ratings
         for train, test in grouped_folds(games, n_splits, seed):
@@ -1093,12 +1132,7 @@ def _evaluate_reward_judge(
         metrics["reference.llm_ratings.paired"] = paired_accuracy(llm_scores, is_human, games)
     style_oof = None
     if style_only:
-        columns = style_columns(matrix.names)
-        names = [matrix.names[i] for i in columns]
-        style = cross_val_reward_on_predicted_traits(
-            X[:, columns], labels, is_human, games, names, config, scale, n_splits, 5, seed,
-            reward_factory,
-        )  # fmt: skip
+        style = cross_validate(featurized.style_only())
         metrics["cv_style_only.reward.pointwise"] = style.pointwise
         metrics["cv_style_only.reward.paired"] = style.paired
         style_oof = style.trait_predictions

@@ -66,6 +66,12 @@ class HalSettings(BaseSettings):
         relative = Path(relative)
         return relative if relative.is_absolute() else self.require_data_dir() / relative
 
+    def input_path(self, name: str | Path) -> Path:
+        """A file a user named: absolute, or relative to the working folder when it exists
+        there, else inside the data folder."""
+        path = Path(name)
+        return path.resolve() if path.is_absolute() or path.exists() else self.data_path(path)
+
     @property
     def home_dir(self) -> Path:
         path = Path(self.home).resolve()

@@ -51,10 +51,26 @@ def _ratings_schema(n_items: int) -> dict:
     }
 
 
+def _required(
+    column: str, unique: bool = False, regex: str | None = None, min_length: int | None = None
+) -> list:
+    """Rules of a column that must be filled in: not null, then the optional checks."""
+    rules = [EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=column)]
+    if unique:
+        rules.append(EXPECTATIONS.ExpectColumnValuesToBeUnique(column=column))
+    if regex is not None:
+        rules.append(EXPECTATIONS.ExpectColumnValuesToMatchRegex(column=column, regex=regex))
+    if min_length is not None:
+        rules.append(
+            EXPECTATIONS.ExpectColumnValueLengthsToBeBetween(column=column, min_value=min_length)
+        )
+    return rules
+
+
 def _list_rules(column: str, schema: dict) -> list:
     derived = f"{column}__json"
     return [
-        EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=column),
+        *_required(column),
         EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=derived, meta={"rule": "list cell"}),
         EXPECTATIONS.ExpectColumnValuesToMatchJsonSchema(column=derived, json_schema=schema),
     ]
@@ -62,17 +78,14 @@ def _list_rules(column: str, schema: dict) -> list:
 
 def _game_rules() -> list:
     rules = [
-        EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="game_id"),
-        EXPECTATIONS.ExpectColumnValuesToBeUnique(column="game_id"),
+        *_required("game_id", unique=True),
         EXPECTATIONS.ExpectColumnValuesToBeInSet(column="who_is_human", value_set=["A", "B"]),
         EXPECTATIONS.ExpectColumnValuesToBeInSet(column="_labels_consistent", value_set=[True]),
     ]
     for side in ("A", "B"):
-        transcript = f"conversation_{side}_transcript"
         rules += [
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=transcript),
-            EXPECTATIONS.ExpectColumnValuesToMatchRegex(column=transcript, regex=WITNESS_LINES),
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=f"label_{side}"),
+            *_required(f"conversation_{side}_transcript", regex=WITNESS_LINES),
+            *_required(f"label_{side}"),
         ]
     return rules
 
@@ -117,19 +130,14 @@ def _statements_rules() -> list:
 
 
 def _dialogue_rules(id_column: str, text_column: str) -> list:
-    return [
-        EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=id_column),
-        EXPECTATIONS.ExpectColumnValuesToBeUnique(column=id_column),
-        EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=text_column),
-        EXPECTATIONS.ExpectColumnValuesToMatchRegex(column=text_column, regex=PATIENT_LINES),
-    ]
+    return [*_required(id_column, unique=True), *_required(text_column, regex=PATIENT_LINES)]
 
 
 def _scored16_rules(id_column: str) -> list:
     return [
         *_dialogue_rules(id_column, "dialogue"),
         *_list_rules("likert_evaluation", _ratings_schema(16)),
-        EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="hal16_score"),
+        *_required("hal16_score"),
     ]
 
 
@@ -142,10 +150,7 @@ def _derive_preferences(frame: pd.DataFrame) -> pd.DataFrame:
 def _preference_rules() -> list:
     rules = [EXPECTATIONS.ExpectColumnValuesToBeUnique(column="pair_id")]
     for column in ("prompt", "chosen", "rejected"):
-        rules += [
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column=column),
-            EXPECTATIONS.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1),
-        ]
+        rules += _required(column, min_length=1)
     return [
         *rules,
         EXPECTATIONS.ExpectColumnValuesToBeInSet(column="_chosen_differs", value_set=[True]),
@@ -176,10 +181,8 @@ CONTRACTS: dict[str, DataContract] = {
         id_column="persona_id",
         description="Doctor's-visit persona prompts",
         expectations=lambda: [
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="persona_id"),
-            EXPECTATIONS.ExpectColumnValuesToBeUnique(column="persona_id"),
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="prompt"),
-            EXPECTATIONS.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=20),
+            *_required("persona_id", unique=True),
+            *_required("prompt", min_length=20),
         ],
     ),
     "candidates": DataContract(
@@ -188,8 +191,8 @@ CONTRACTS: dict[str, DataContract] = {
         description="Candidate doctor's-visit dialogues (patient P is rated)",
         expectations=lambda: [
             *_dialogue_rules("dialogue_id", "dialogue"),
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="persona_id"),
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="model"),
+            *_required("persona_id"),
+            *_required("model"),
         ],
     ),
     "scored_candidates16": DataContract(
@@ -206,7 +209,7 @@ CONTRACTS: dict[str, DataContract] = {
         derive=lambda frame: _list_json(frame, ["likert_evaluation"]),
         expectations=lambda: [
             *_scored16_rules("dialogue_id"),
-            EXPECTATIONS.ExpectColumnValuesToNotBeNull(column="prompt"),
+            *_required("prompt"),
         ],
     ),
     "preferences": DataContract(

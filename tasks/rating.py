@@ -76,18 +76,28 @@ def read_dialogues(
     return table
 
 
-def _retry_unless_misconfigured(task, task_run, state) -> bool:
+def limit_suffix(limit: int | None) -> str:
+    """Part of a default output name: a run over the first N rows never overwrites the full
+    run's file."""
+    return f"-first{limit}" if limit else ""
+
+
+def retry_unless_misconfigured(task, task_run, state) -> bool:
+    """Prefect retry condition: a wrong key, model or endpoint fails the same way again."""
     return not isinstance(getattr(state, "data", None), JudgeConfigurationError)
 
 
 @contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+def progress_bar(
+    enabled: bool, unit: str = "dialogue", desc: str = "rating"
+) -> Iterator[Callable[[int, int], None] | None]:
+    """``on_progress(done, total)`` drawing a bar on stderr, or None when disabled."""
     if not enabled:
         yield None
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="dialogue", desc="rating", dynamic_ncols=True)
+    bar = tqdm(total=0, unit=unit, desc=desc, dynamic_ncols=True)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -106,7 +116,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=10,
-    retry_condition_fn=_retry_unless_misconfigured,
+    retry_condition_fn=retry_unless_misconfigured,
 )
 def rate_with_judge(
     dialogues: list[str],
@@ -120,7 +130,7 @@ def rate_with_judge(
 ) -> RatingRun:
     """Rate dialogues through the cache, committing each result as it arrives."""
     judge = build_judge(judge_config, api_key=resolve_api_key(judge_config), data_dir=data_dir)
-    with RatingCache(cache_path) as cache, _progress_bar(progress) as on_progress:
+    with RatingCache(cache_path) as cache, progress_bar(progress) as on_progress:
         run = rate_cached(
             judge,
             dialogues,
@@ -142,12 +152,18 @@ def rate_with_judge(
     return run
 
 
-@task(name="save_ratings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def save_ratings(table: pd.DataFrame, path: Path) -> Path:
-    """Write the ratings table as CSV, atomically."""
+@task(name="save_table", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def save_table(table: pd.DataFrame, path: Path) -> Path:
+    """Write a table as UTF-8 CSV, atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        table.to_csv(handle, index=False)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8", newline=""
+    ) as handle:
+        try:
+            table.to_csv(handle, index=False)
+        except BaseException:
+            Path(handle.name).unlink(missing_ok=True)
+            raise
     Path(handle.name).replace(path)
     return path
 
@@ -155,7 +171,6 @@ def save_ratings(table: pd.DataFrame, path: Path) -> Path:
 def rating_metrics(run: RatingRun, judge_config: JudgeConfig) -> dict[str, float]:
     """The stage's metrics: counts, tokens, latency quantiles and estimated cost."""
     stats = run.stats
-    tokens = stats.prompt_tokens + stats.completion_tokens
     cost = (
         judge_config.estimated_cost(stats.prompt_tokens, stats.completion_tokens)
         if isinstance(judge_config, OpenAIJudgeConfig)
@@ -165,23 +180,24 @@ def rating_metrics(run: RatingRun, judge_config: JudgeConfig) -> dict[str, float
         "items": stats.items,
         "unique_dialogues": stats.unique,
         "rated": stats.rated,
-        "failures": stats.failed,
-        "cache_hits": stats.cache_hits,
-        "requested": stats.requested,
-        "requests": stats.requests,
-        "tokens": tokens,
-        "tokens.prompt": stats.prompt_tokens,
-        "tokens.completion": stats.completion_tokens,
-        "latency_p50_s": stats.latency_quantile(0.5),
-        "latency_p95_s": stats.latency_quantile(0.95),
+        **stats.usage_metrics(),
         "estimated_cost_usd": cost,
     }
-    for kind, count in stats.failures_by_kind.items():
-        metrics[f"failures.{kind}"] = count
     return {key: float(value) for key, value in metrics.items() if not np.isnan(value)}
 
 
-def _param_text(value: object, limit: int = 1000) -> str:
+def judge_params(judge_config: JudgeConfig, fingerprint: str) -> dict[str, str]:
+    """MLflow params of a judge: its settings (no key: configs hold only where to find one)
+    and its fingerprint."""
+    config = judge_config.model_dump(mode="json")
+    params = {
+        f"judge.{key}": param_text(value) for key, value in config.items() if value is not None
+    }
+    params["judge.fingerprint"] = fingerprint
+    return params
+
+
+def param_text(value: object, limit: int = 1000) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -199,12 +215,9 @@ def log_rating_run(
 ) -> dict[str, float]:
     """Log judge params, rating metrics, the ratings table and a summary to MLflow."""
     config = judge_config.model_dump(mode="json")
-    params = {
-        f"judge.{key}": _param_text(value) for key, value in config.items() if value is not None
-    }
+    params = judge_params(judge_config, run.fingerprint)
     params.update(
         {
-            "judge.fingerprint": run.fingerprint,
             "questionnaire.name": questionnaire.name,
             "questionnaire.version": questionnaire.version,
             "speakers.rated": " ".join(tags.rated),

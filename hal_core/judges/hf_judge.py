@@ -29,9 +29,11 @@ from hal_core.judges.replies import ReplyError, parse_statements_reply
 from hal_core.judging import (
     Game,
     JudgeConfigurationError,
+    RateByStreaming,
     RatingResult,
     ResultCallback,
     StatementProposal,
+    item_ids_or_positions,
 )
 from hal_core.questionnaire import Questionnaire
 
@@ -60,7 +62,7 @@ def directory_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class HFJudge:
+class HFJudge(RateByStreaming):
     """Implements Judge, StreamingJudge and StatementProposer with a local causal LM."""
 
     def __init__(self, model, tokenizer, config: HFJudgeConfig, model_digest: str) -> None:
@@ -255,7 +257,7 @@ class HFJudge:
 
         import torch
 
-        ids = list(item_ids) if item_ids is not None else [str(i) for i in range(len(dialogues))]
+        ids = item_ids_or_positions(dialogues, item_ids)
         torch.manual_seed(self.config.seed)
         per_group = max(1, (self.config.batch_size * 4) // max(1, len(questionnaire.traits)))
         for start in range(0, len(dialogues), per_group):
@@ -270,38 +272,28 @@ class HFJudge:
                 result = group[position]
                 on_result(position, result.model_copy(update={"latency_s": latency}))
 
-    def rate(
-        self,
-        dialogues: Sequence[str],
-        questionnaire: Questionnaire,
-        tags: SpeakerTags,
-        item_ids: Sequence[str] | None = None,
-    ) -> list[RatingResult]:
-        results: list[RatingResult | None] = [None] * len(dialogues)
-
-        def keep(position: int, result: RatingResult) -> None:
-            results[position] = result
-
-        self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep)
-        return [result for result in results if result is not None]
-
     # -- statements --------------------------------------------------------------------------
 
     def propose_statements(
         self, games: Sequence[Game], tags: SpeakerTags
     ) -> list[StatementProposal]:
         """Greedy generation of the JSON reply; an unusable reply is a recorded error."""
+        import time
+
         import torch
 
         torch.manual_seed(self.config.seed)
         proposals = []
         for game in games:
+            started = time.perf_counter()
             messages = statement_messages(game.transcript_a, game.transcript_b, tags)
             ids = self._encode(self._text(messages, cue="\nAnswer (JSON):"))
             budget = self.max_length - self.config.max_new_tokens
             if budget < 16:
                 proposals.append(
-                    StatementProposal(game_id=game.game_id, error="model context too short")
+                    StatementProposal(
+                        game_id=game.game_id, error="model context too short", error_kind="input"
+                    )
                 )
                 continue
             ids = ids[-budget:]
@@ -316,25 +308,20 @@ class HFJudge:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             reply = self.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+            common = {
+                "game_id": game.game_id,
+                "latency_s": time.perf_counter() - started,
+                "prompt_tokens": len(ids),
+                "completion_tokens": int(output.shape[1] - len(ids)),
+            }
             try:
                 verdict, statements = parse_statements_reply(reply)
             except ReplyError as error:
                 proposals.append(
                     StatementProposal(
-                        game_id=game.game_id,
-                        error=f"invalid reply: {error}",
-                        prompt_tokens=len(ids),
-                        completion_tokens=int(output.shape[1] - len(ids)),
+                        error=f"invalid reply: {error}", error_kind="invalid", **common
                     )
                 )
                 continue
-            proposals.append(
-                StatementProposal(
-                    game_id=game.game_id,
-                    verdict=verdict,
-                    statements=statements,
-                    prompt_tokens=len(ids),
-                    completion_tokens=int(output.shape[1] - len(ids)),
-                )
-            )
+            proposals.append(StatementProposal(verdict=verdict, statements=statements, **common))
         return proposals

@@ -20,9 +20,9 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx2
 import openai
@@ -48,12 +48,15 @@ from hal_core.judges.replies import (
 from hal_core.judging import (
     Game,
     JudgeConfigurationError,
+    RateByStreaming,
     RatingResult,
     ResultCallback,
     StatementProposal,
+    item_ids_or_positions,
 )
 from hal_core.questionnaire import Questionnaire
 
+T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = frozenset({401, 403, 404})
 
@@ -71,11 +74,21 @@ class _Usage:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
 
     def add(self, usage: dict | None) -> None:
         if usage:
             self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.completion_tokens += int(usage.get("completion_tokens") or 0)
+
+    def report(self) -> dict[str, Any]:
+        """Latency since creation, tokens and requests: the accounting fields of a result."""
+        return {
+            "latency_s": time.perf_counter() - self.started,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "requests": self.requests,
+        }
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -130,7 +143,7 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return (configuration or errors)[0]
 
 
-class OpenAIJudge:
+class OpenAIJudge(RateByStreaming):
     """Rates dialogues through chat completions; implements Judge, StreamingJudge and
     StatementProposer."""
 
@@ -157,21 +170,6 @@ class OpenAIJudge:
 
     # -- public API -------------------------------------------------------------------------
 
-    def rate(
-        self,
-        dialogues: Sequence[str],
-        questionnaire: Questionnaire,
-        tags: SpeakerTags,
-        item_ids: Sequence[str] | None = None,
-    ) -> list[RatingResult]:
-        results: list[RatingResult | None] = [None] * len(dialogues)
-
-        def keep(position: int, result: RatingResult) -> None:
-            results[position] = result
-
-        self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep)
-        return [result for result in results if result is not None]
-
     def rate_streaming(
         self,
         dialogues: Sequence[str],
@@ -180,15 +178,27 @@ class OpenAIJudge:
         item_ids: Sequence[str] | None,
         on_result: ResultCallback,
     ) -> None:
-        ids = list(item_ids) if item_ids is not None else [str(i) for i in range(len(dialogues))]
-        if len(ids) != len(dialogues):
-            raise ValueError(f"{len(ids)} item ids for {len(dialogues)} dialogues")
+        ids = item_ids_or_positions(dialogues, item_ids)
         run_sync(self._rate_all(list(dialogues), ids, questionnaire, tags, on_result))
 
     def propose_statements(
         self, games: Sequence[Game], tags: SpeakerTags
     ) -> list[StatementProposal]:
-        return run_sync(self._propose_all(list(games), tags))
+        proposals: list[StatementProposal | None] = [None] * len(games)
+
+        def keep(position: int, proposal: StatementProposal) -> None:
+            proposals[position] = proposal
+
+        self.propose_streaming(games, tags, keep)
+        return [proposal for proposal in proposals if proposal is not None]
+
+    def propose_streaming(
+        self,
+        games: Sequence[Game],
+        tags: SpeakerTags,
+        on_result: Callable[[int, StatementProposal], None],
+    ) -> None:
+        run_sync(self._propose_all(list(games), tags, on_result))
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -355,22 +365,40 @@ class OpenAIJudge:
         except EmptyDialogueError as error:
             return RatingResult(item_id=item_id, error=str(error), error_kind="input")
         usage = _Usage()
-        started = time.perf_counter()
         messages = rating_messages(rendered, questionnaire, tags)
         ratings, failure = await self._ask(
             client, messages, body, lambda reply: parse_rating_reply(reply, questionnaire), usage
         )
-        common = {
-            "item_id": item_id,
-            "latency_s": time.perf_counter() - started,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "requests": usage.requests,
-        }
+        common = {"item_id": item_id, **usage.report()}
         if failure is not None:
             kind, reason = failure
             return RatingResult(error=self._scrub(reason), error_kind=kind, **common)
         return RatingResult(ratings={k: float(v) for k, v in ratings.items()}, **common)
+
+    async def _each(
+        self,
+        count: int,
+        work: Callable[[openai.AsyncOpenAI, int], Awaitable[T]],
+        on_result: Callable[[int, T], None],
+    ) -> None:
+        """``work(client, position)`` for every position, ``concurrency`` at a time; each
+        result goes to ``on_result`` as soon as it exists. A configuration error stops all."""
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        client = self._client()
+
+        async def one(position: int) -> None:
+            async with semaphore:
+                result = await work(client, position)
+            on_result(position, result)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for position in range(count):
+                    group.create_task(one(position))
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            await client.close()
 
     async def _rate_all(
         self,
@@ -385,57 +413,34 @@ class OpenAIJudge:
                 rating_reply_schema(questionnaire), "ratings", self.config.response_mode
             )
         )
-        semaphore = asyncio.Semaphore(self.config.concurrency)
-        client = self._client()
 
-        async def one(position: int) -> None:
-            async with semaphore:
-                result = await self._rate_one(
-                    client, dialogues[position], ids[position], questionnaire, tags, body
-                )
-            on_result(position, result)
+        async def rate(client: openai.AsyncOpenAI, position: int) -> RatingResult:
+            return await self._rate_one(
+                client, dialogues[position], ids[position], questionnaire, tags, body
+            )
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for position in range(len(dialogues)):
-                    group.create_task(one(position))
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        finally:
-            await client.close()
+        await self._each(len(dialogues), rate, on_result)
 
-    async def _propose_all(self, games: list[Game], tags: SpeakerTags) -> list[StatementProposal]:
+    async def _propose_all(
+        self,
+        games: list[Game],
+        tags: SpeakerTags,
+        on_result: Callable[[int, StatementProposal], None],
+    ) -> None:
         body = self._request_body(
             response_format(statements_reply_schema(), "statements", self.config.response_mode)
         )
-        semaphore = asyncio.Semaphore(self.config.concurrency)
-        client = self._client()
 
-        async def one(game: Game) -> StatementProposal:
+        async def propose(client: openai.AsyncOpenAI, position: int) -> StatementProposal:
+            game = games[position]
             usage = _Usage()
             messages = statement_messages(game.transcript_a, game.transcript_b, tags)
-            async with semaphore:
-                parsed, failure = await self._ask(
-                    client, messages, body, parse_statements_reply, usage
-                )
-            tokens = {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-            }
+            parsed, failure = await self._ask(client, messages, body, parse_statements_reply, usage)
+            common = {"game_id": game.game_id, **usage.report()}
             if failure is not None:
-                return StatementProposal(
-                    game_id=game.game_id, error=f"{failure[0]}: {failure[1]}", **tokens
-                )
+                kind, reason = failure
+                return StatementProposal(error=self._scrub(reason), error_kind=kind, **common)
             verdict, statements = parsed
-            return StatementProposal(
-                game_id=game.game_id, verdict=verdict, statements=statements, **tokens
-            )
+            return StatementProposal(verdict=verdict, statements=statements, **common)
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(game)) for game in games]
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        finally:
-            await client.close()
-        return [task.result() for task in tasks]
+        await self._each(len(games), propose, on_result)

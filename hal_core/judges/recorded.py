@@ -24,6 +24,7 @@ from hal_core.judging import (
     JudgeError,
     RatingResult,
     StatementProposal,
+    item_ids_or_positions,
 )
 from hal_core.questionnaire import TRAIT_ID_PATTERN, Questionnaire
 from hal_core.tables import ROW_COLUMN, file_sha256, parse_list_cell, read_table
@@ -229,7 +230,7 @@ class RecordedJudge:
         tags: SpeakerTags,
         item_ids: Sequence[str] | None = None,
     ) -> list[RatingResult]:
-        ids = list(item_ids) if item_ids is not None else [str(i) for i in range(len(dialogues))]
+        ids = item_ids_or_positions(dialogues, item_ids)
         results = []
         for item_id, text in zip(ids, dialogues, strict=True):
             digest = text_sha256(text)

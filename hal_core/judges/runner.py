@@ -9,15 +9,14 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.judges.prompting import canonical_json, normalize_text
-from hal_core.judging import Judge, JudgeError, RatingResult, StreamingJudge
+from hal_core.judging import Judge, JudgeError, JudgeRunStats, RatingResult, StreamingJudge
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import RatingCache, rating_key
 
@@ -32,23 +31,11 @@ def rated_text_sha256(text: str, tags: SpeakerTags) -> str:
 
 
 @dataclass
-class RatingStats:
+class RatingStats(JudgeRunStats):
     """What a rating run did, for metrics."""
 
     items: int = 0
-    unique: int = 0
     rated: int = 0
-    failed: int = 0
-    cache_hits: int = 0
-    requested: int = 0
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latencies: list[float] = field(default_factory=list)
-    failures_by_kind: dict[str, int] = field(default_factory=dict)
-
-    def latency_quantile(self, q: float) -> float:
-        return float(np.quantile(self.latencies, q)) if self.latencies else float("nan")
 
 
 @dataclass
@@ -190,15 +177,9 @@ def rate_cached(
         if result.ok:
             stats.rated += 1
         else:
-            stats.failed += 1
-            kind = result.error_kind or "unknown"
-            stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
+            stats.count_failure(result.error_kind or "unknown")
     for result in fresh.values():
-        stats.requests += result.requests
-        stats.prompt_tokens += result.prompt_tokens
-        stats.completion_tokens += result.completion_tokens
-        if result.latency_s is not None:
-            stats.latencies.append(result.latency_s)
+        stats.add_usage(result)
     return RatingRun(keys, results, stats, fingerprint, version)
 
 

@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -21,6 +20,7 @@ from hal_core.judges.runner import rated_text_sha256
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import RatingCache, rating_key
 from tests.fakes.openai_server import FakeOpenAIServer, FaultPlan, expected_rating, item_key
+from tests.integration.recorded_texts import recorded_texts
 
 TAGS = SpeakerTags.turing()
 KEY = "sk-hal-SECRET-integration-7f3a9c21"
@@ -223,30 +223,10 @@ def test_cached_rerun_makes_no_request_and_gives_the_same_table(fault_run) -> No
 
 
 def test_api_key_never_reaches_mlflow_or_logs(fault_run, tmp_path: Path) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.logging.handlers import APILogHandler
-
-    client = MlflowClient()
-    texts: list[str] = list(fault_run["logs"])
-    for result in (fault_run["first"], fault_run["second"]):
-        run = client.get_run(result.run_id)
-        texts += [f"{k}={v}" for k, v in {**run.data.params, **run.data.tags}.items()]
-        folder = mlflow.artifacts.download_artifacts(
-            run_id=result.run_id, dst_path=str(tmp_path / result.run_id)
-        )
-        files = [p for p in Path(folder).rglob("*") if p.is_file()]
-        assert any(p.name == "rating_summary.json" for p in files)
-        texts += [p.read_bytes().decode("utf-8", "replace") for p in files]
-    APILogHandler().flush()
-    with get_client(sync_client=True) as prefect:
-        offset = 0
-        while batch := prefect.read_logs(limit=200, offset=offset):
-            texts += [log.message for log in batch]
-            offset += len(batch)
-        assert offset > 0
+    run_ids = [fault_run["first"].run_id, fault_run["second"].run_id]
+    texts = list(fault_run["logs"]) + recorded_texts(run_ids, tmp_path, "rating_summary.json")
     texts += [p.read_bytes().decode("utf-8", "replace") for p in fault_run["home"].rglob("*.csv")]
-    leaks = [text[:200] for text in texts if KEY in text]
-    assert not leaks
+    assert not [text[:200] for text in texts if KEY in text]
     assert any("judge.api_key_secret_block" in text for text in texts)  # we did scan params
 
 

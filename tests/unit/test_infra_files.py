@@ -27,6 +27,7 @@ REQUIRED_FLOWS = {
     "validate_data": "flows/validate_data.py",
     "derive_traits": "flows/derive_traits.py",
     "rate_dialogues": "flows/rate_dialogues.py",
+    "collect_statements": "flows/collect_statements.py",
     "fit_reward": "flows/fit_reward.py",
     "train_local_judge": "flows/train_local_judge.py",
     "align": "flows/align.py",

@@ -1,0 +1,351 @@
+"""Live statement collection: a judge reads each Turing game, guesses the human witness and
+says what gave them away; the answers become a statements table for trait derivation.
+
+Proposals go through the same SQLite file as ratings (:class:`ProposalCache`), keyed by the
+judge's fingerprint, the statement prompt's version and the hash of both transcripts. Each
+distinct game is asked once; answers are committed after every chunk of games, so a killed
+run loses at most one chunk and a rerun asks only for what is missing. Failures are stored
+with their reason and kind and asked again only when the caller's policy says so; a stored
+proposal is never replaced by a failure. Nothing is guessed: a game the judge could not answer
+is left out of the statements table and listed, with its reason, in the failures table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import get_args
+
+import numpy as np
+import pandas as pd
+
+from hal_core.dialogue import SpeakerTags
+from hal_core.judges.prompting import canonical_json, normalize_text, statement_messages
+from hal_core.judges.runner import RetryPolicy
+from hal_core.judging import (
+    ErrorKind,
+    Game,
+    JudgeError,
+    JudgeRunStats,
+    StatementProposal,
+    StatementProposer,
+    StreamingProposer,
+)
+from hal_core.rating_cache import ProposalCache, proposal_key
+from hal_core.tables import ROW_COLUMN, TableError
+
+STATEMENT_PROMPT_VERSION = "hal-statements-prompt-v1"
+"""Bump when the statement prompt's wording changes: part of every proposal's cache key (a
+digest of the prompt as built is added to it too, so an unbumped rewording is still a new
+entry)."""
+
+GAME_COLUMNS = ("game_id", "conversation_A_transcript", "conversation_B_transcript")
+VERDICT_COLUMN = "aijudge_verdict"
+STATEMENTS_COLUMN = "human_characteristics"
+ELAPSED_COLUMN = "elapsed_time"
+FAILURE_COLUMNS = ("game_id", "error_kind", "error")
+UNKNOWN_KIND = "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Games
+
+
+def _game_id(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def games_from_table(table: pd.DataFrame) -> list[Game]:
+    """One :class:`Game` per row of a games table, in row order.
+
+    Raises :class:`TableError` naming the file, rows and rule when a column is missing, a game
+    id is empty or repeats, or a transcript is not text.
+    """
+    source = table.attrs.get("source", "<table>")
+    missing = [column for column in GAME_COLUMNS if column not in table.columns]
+    if missing:
+        raise TableError(
+            f"{source}: no column(s) {missing} (rule: a games table has {', '.join(GAME_COLUMNS)})"
+        )
+    rows = table[ROW_COLUMN].tolist() if ROW_COLUMN in table else list(range(1, len(table) + 1))
+    problems: list[str] = []
+    games: list[Game] = []
+    seen: dict[str, int] = {}
+    for row, game_id, text_a, text_b in zip(
+        rows,
+        table["game_id"],
+        table["conversation_A_transcript"],
+        table["conversation_B_transcript"],
+        strict=True,
+    ):
+        found = _game_id(game_id)
+        broken = []
+        if found is None:
+            broken.append("game_id is empty (rule: every game has an id)")
+        elif found in seen:
+            broken.append(f"game_id {found} repeats row {seen[found]} (rule: game ids are unique)")
+        else:
+            seen[found] = row
+        for side, text in (("A", text_a), ("B", text_b)):
+            if not isinstance(text, str) or not text.strip():
+                broken.append(
+                    f"conversation_{side}_transcript is empty or not text "
+                    "(rule: both witnesses' transcripts are text)"
+                )
+        if broken:
+            problems += [f"{source} row {row}: {problem}" for problem in broken]
+        else:
+            games.append(Game(game_id=found, transcript_a=text_a, transcript_b=text_b))
+    if problems:
+        shown = "\n".join(f"  - {problem}" for problem in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise TableError(f"{source}: {len(problems)} bad game rows:\n{shown}{more}")
+    return games
+
+
+def game_sha256(game: Game, tags: SpeakerTags) -> str:
+    """Hash of what the judge reads: both transcripts (whitespace-normalized) and who is who."""
+    header = canonical_json({"rated": tags.rated, "others": tags.others})
+    body = f"{normalize_text(game.transcript_a)}\x00{normalize_text(game.transcript_b)}"
+    return hashlib.sha256(f"{header}\n{body}".encode()).hexdigest()
+
+
+def statement_prompt_version(tags: SpeakerTags) -> str:
+    """The prompt constant plus a digest of the statement prompt as it is built today."""
+    probe = statement_messages("I: hello\nW: hi", "I: hello\nW: hey", tags)
+    digest = hashlib.sha256(canonical_json(probe).encode()).hexdigest()[:12]
+    return f"{STATEMENT_PROMPT_VERSION}+{digest}"
+
+
+# --------------------------------------------------------------------------------------------
+# Proposing through the cache
+
+
+@dataclass
+class ProposalStats(JudgeRunStats):
+    """What a collection run did, for metrics (per input row unless said otherwise)."""
+
+    games: int = 0
+    proposed: int = 0
+
+
+@dataclass
+class ProposalRun:
+    """Per input game: the cache key and the final proposal (or failure)."""
+
+    keys: list[str]
+    game_ids: list[str]
+    results: dict[str, StatementProposal]
+    stats: ProposalStats
+    fingerprint: str
+    prompt_version: str
+
+    def proposal_for_row(self, row: int) -> StatementProposal:
+        return self.results[self.keys[row]].model_copy(update={"game_id": self.game_ids[row]})
+
+
+def failure_kind(proposal: StatementProposal) -> str:
+    """The failure's kind; from a ``"<kind>: reason"`` message for backends that set none."""
+    if proposal.error_kind is not None:
+        return proposal.error_kind
+    head, colon, _ = (proposal.error or "").partition(":")
+    return head if colon and head in get_args(ErrorKind) else UNKNOWN_KIND
+
+
+def _should_retry(proposal: StatementProposal, policy: RetryPolicy) -> bool:
+    if proposal.ok or policy == "none":
+        return False
+    return policy == "all" or failure_kind(proposal) == "transient"
+
+
+def _checked(answer: StatementProposal, game: Game) -> StatementProposal:
+    """The answer as stored: a usable verdict and non-blank statements, or a failure."""
+    if answer.game_id != game.game_id:
+        raise JudgeError(f"judge answered game {answer.game_id} when asked for {game.game_id}")
+    if not answer.ok:
+        if answer.error is None:
+            return answer.model_copy(update={"error": "no verdict", "error_kind": "invalid"})
+        return answer.model_copy(update={"verdict": None, "statements": []})
+    verdict = answer.verdict.strip().upper()
+    statements = [s for s in answer.statements if isinstance(s, str) and s.strip()]
+    problem = None
+    if verdict not in ("A", "B"):
+        problem = f"verdict {answer.verdict!r} is not 'A' or 'B'"
+    elif not statements:
+        problem = "no statements"
+    if problem is not None:
+        return answer.model_copy(
+            update={"verdict": None, "statements": [], "error": problem, "error_kind": "invalid"}
+        )
+    return answer.model_copy(update={"verdict": verdict, "statements": statements})
+
+
+def propose_cached(
+    proposer: StatementProposer,
+    games: Sequence[Game],
+    tags: SpeakerTags,
+    cache: ProposalCache | None = None,
+    *,
+    chunk_size: int = 32,
+    retry_failures: RetryPolicy = "transient",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ProposalRun:
+    """Propose statements for every game, serving finished ones from ``cache``.
+
+    Games with the same transcripts are asked once. A streaming proposer's answers are committed
+    one by one as they arrive; any other proposer's after every chunk of ``chunk_size`` games.
+    ``retry_failures`` decides which stored failures are asked again; ``on_progress(done,
+    total)`` counts distinct games.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    fingerprint = proposer.fingerprint()
+    version = statement_prompt_version(tags)
+    keys: list[str] = []
+    first: dict[str, Game] = {}
+    hashes: dict[str, str] = {}
+    for game in games:
+        digest = game_sha256(game, tags)
+        key = proposal_key(fingerprint, version, digest)
+        first.setdefault(key, game)
+        hashes[key] = digest
+        keys.append(key)
+
+    stats = ProposalStats(games=len(keys), unique=len(first))
+    results: dict[str, StatementProposal] = {}
+    stored = cache.get_many(first) if cache is not None else {}
+    for key, proposal in stored.items():
+        if not _should_retry(proposal, retry_failures):
+            results[key] = proposal
+    stats.cache_hits = len(results)
+    todo = [key for key in first if key not in results]
+    stats.requested = len(todo)
+    if on_progress:
+        on_progress(len(results), stats.unique)
+
+    fresh: list[StatementProposal] = []
+
+    def commit(chunk: list[str], answers: Sequence[StatementProposal]) -> None:
+        asked = [first[key] for key in chunk]
+        if len(answers) != len(asked):
+            raise JudgeError(f"judge returned {len(answers)} proposals for {len(asked)} games")
+        checked = [_checked(a, g) for a, g in zip(answers, asked, strict=True)]
+        if cache is not None:
+            cache.put_many(
+                [(key, p, hashes[key]) for key, p in zip(chunk, checked, strict=True)],
+                judge=fingerprint,
+                prompt=version,
+            )
+            # another run may have stored a proposal meanwhile: the cache keeps it, so do we
+            lost = [key for key, p in zip(chunk, checked, strict=True) if not p.ok]
+            kept = {k: p for k, p in cache.get_many(lost).items() if p.ok} if lost else {}
+        else:
+            kept = {}
+        for key, proposal in zip(chunk, checked, strict=True):
+            if key in results:
+                raise JudgeError(f"judge answered game {first[key].game_id} twice")
+            results[key] = kept.get(key, proposal)
+        fresh.extend(checked)
+        if on_progress:
+            on_progress(len(results), stats.unique)
+
+    if isinstance(proposer, StreamingProposer):  # one commit per game, no chunk barrier
+        proposer.propose_streaming(
+            [first[key] for key in todo],
+            tags,
+            lambda position, answer: commit([todo[position]], [answer]),
+        )
+        unanswered = [key for key in todo if key not in results]
+        if unanswered:
+            raise JudgeError(f"judge gave no proposal for {len(unanswered)} games")
+    else:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            commit(chunk, proposer.propose_statements([first[key] for key in chunk], tags))
+
+    for key in keys:
+        proposal = results[key]
+        if proposal.ok:
+            stats.proposed += 1
+        else:
+            stats.count_failure(failure_kind(proposal))
+    for proposal in fresh:
+        stats.add_usage(proposal)
+    return ProposalRun(keys, [g.game_id for g in games], results, stats, fingerprint, version)
+
+
+# --------------------------------------------------------------------------------------------
+# The statements table and its metrics
+
+
+def statements_table(
+    games_table: pd.DataFrame, run: ProposalRun
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(statements, failures) for the rows of ``games_table`` that ``run`` answered.
+
+    Statements: the games' columns plus ``aijudge_verdict``, ``human_characteristics`` (a JSON
+    list) and ``elapsed_time`` (the judge's seconds for the game), one row per proposed game -
+    the format of ``turing/statements_*.csv``. Failures: ``game_id``, ``error_kind``,
+    ``error`` per game left out.
+    """
+    if len(games_table) != len(run.keys):
+        raise ValueError(f"{len(games_table)} games in the table, {len(run.keys)} in the run")
+    added = (VERDICT_COLUMN, STATEMENTS_COLUMN, ELAPSED_COLUMN)
+    columns = [c for c in games_table.columns if c != ROW_COLUMN and c not in added]
+    proposals = [run.proposal_for_row(row) for row in range(len(run.keys))]
+    ok = np.array([p.ok for p in proposals], dtype=bool)
+    table = games_table.loc[ok, columns].copy()
+    answered = [p for p in proposals if p.ok]
+    table[VERDICT_COLUMN] = [p.verdict for p in answered]
+    table[STATEMENTS_COLUMN] = [canonical_json(p.statements) for p in answered]
+    table[ELAPSED_COLUMN] = pd.array([p.latency_s for p in answered], dtype="Float64")
+    failures = pd.DataFrame(
+        [
+            {"game_id": p.game_id, "error_kind": failure_kind(p), "error": p.error}
+            for p in proposals
+            if not p.ok
+        ],
+        columns=list(FAILURE_COLUMNS),
+    )
+    return table.reset_index(drop=True), failures
+
+
+def _metric_name(text: object) -> str:
+    return re.sub(r"[^\w\-. /]", "_", str(text))
+
+
+def proposal_metrics(run: ProposalRun, games_table: pd.DataFrame) -> dict[str, float]:
+    """Counts, tokens, latency, statements per game, and how often the judge's verdict named
+    the human (``verdict_accuracy``, and ``verdict_accuracy.<ai_model>`` per opponent)."""
+    stats = run.stats
+    metrics: dict[str, float] = {
+        "games": stats.games,
+        "unique_games": stats.unique,
+        "proposed": stats.proposed,
+        **stats.usage_metrics(),
+    }
+    proposals = [run.proposal_for_row(row) for row in range(len(run.keys))]
+    answered = [p for p in proposals if p.ok]
+    counts = [len(p.statements) for p in answered]
+    metrics["statements"] = sum(counts)
+    metrics["statements_per_game"] = float(np.mean(counts)) if counts else float("nan")
+    if "who_is_human" in games_table.columns and answered:
+        ok = np.array([p.ok for p in proposals], dtype=bool)
+        verdicts = pd.Series([p.verdict for p in answered])
+        truth = games_table["who_is_human"].astype(str).str.strip().str.upper()[ok]
+        correct = verdicts.to_numpy() == truth.to_numpy()
+        metrics["verdict_accuracy"] = float(correct.mean())
+        if "ai_model" in games_table.columns:
+            models = games_table["ai_model"][ok].astype(str).to_numpy()
+            for model in sorted(set(models)):
+                metrics[f"verdict_accuracy.{_metric_name(model)}"] = float(
+                    correct[models == model].mean()
+                )
+    return {key: float(value) for key, value in metrics.items() if not np.isnan(value)}
