@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from hal_core.judges.prompting import PROMPT_VERSION, canonical_json
 
@@ -152,7 +152,8 @@ class RecordedJudgeConfig(BaseModel):
 
     backend: Literal["recorded"] = "recorded"
     paths: list[Path] = Field(
-        min_length=1, description="CSV files with recorded ratings (relative: to HAL_DATA_DIR)."
+        default_factory=list,
+        description="CSV files with recorded ratings (relative: to HAL_DATA_DIR).",
     )
     columns: list[RecordedColumns] = Field(
         default_factory=lambda: [RecordedColumns()],
@@ -179,6 +180,12 @@ class RecordedJudgeConfig(BaseModel):
         default_factory=list,
         description="Files with aijudge_verdict + human_characteristics per game.",
     )
+
+    @model_validator(mode="after")
+    def _replays_something(self) -> RecordedJudgeConfig:
+        if not self.paths and not self.statements_paths:
+            raise ValueError("a recorded judge needs paths (ratings) or statements_paths")
+        return self
 
 
 class LocalJudgeConfig(BaseModel):

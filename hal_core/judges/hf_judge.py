@@ -289,14 +289,17 @@ class HFJudge(RateByStreaming):
             messages = statement_messages(game.transcript_a, game.transcript_b, tags)
             ids = self._encode(self._text(messages, cue="\nAnswer (JSON):"))
             budget = self.max_length - self.config.max_new_tokens
-            if budget < 16:
+            if len(ids) > budget:  # cutting would drop the instructions or half a conversation
                 proposals.append(
                     StatementProposal(
-                        game_id=game.game_id, error="model context too short", error_kind="input"
+                        game_id=game.game_id,
+                        error=f"the game's prompt has {len(ids)} tokens; the model takes "
+                        f"{budget} beside {self.config.max_new_tokens} new tokens (max_length "
+                        f"{self.max_length})",
+                        error_kind="input",
                     )
                 )
                 continue
-            ids = ids[-budget:]
             with torch.inference_mode():
                 output = self.model.generate(
                     input_ids=torch.tensor([ids], device=self.config.device),

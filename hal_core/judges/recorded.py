@@ -190,12 +190,15 @@ class RecordedJudge:
                 proposal = StatementProposal(
                     game_id=str(row["game_id"]),
                     error=f"{path} row {row[ROW_COLUMN]}: human_characteristics is not a list",
+                    error_kind="invalid",
                 )
             else:
+                elapsed = pd.to_numeric(row.get("elapsed_time"), errors="coerce")
                 proposal = StatementProposal(
                     game_id=str(row["game_id"]),
                     verdict=str(row["aijudge_verdict"]).strip().upper() or None,
                     statements=[str(s) for s in statements],
+                    latency_s=None if pd.isna(elapsed) else float(elapsed),
                 )
             proposals.setdefault(key, proposal)
 
@@ -262,7 +265,9 @@ class RecordedJudge:
             found = self._proposals.get(_game_key(game.transcript_a, game.transcript_b))
             if found is None:
                 proposals.append(
-                    StatementProposal(game_id=game.game_id, error="no recorded statements")
+                    StatementProposal(
+                        game_id=game.game_id, error="no recorded statements", error_kind="missing"
+                    )
                 )
             else:
                 proposals.append(found.model_copy(update={"game_id": game.game_id}))

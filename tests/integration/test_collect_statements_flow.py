@@ -12,13 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.collect_statements import CollectStatementsParams, collect_statements
 from hal_core.dialogue import SpeakerTags
-from hal_core.judges import OpenAIJudgeConfig, RecordedColumns, RecordedJudgeConfig
+from hal_core.judges import OpenAIJudgeConfig, RecordedJudgeConfig
 from hal_core.judges.prompting import statement_messages
 from hal_core.judging import JudgeConfigurationError
 from hal_core.rating_cache import ProposalCache
@@ -299,11 +300,7 @@ def test_a_wrong_key_stops_the_run_at_once_without_a_retry(
 @pytest.fixture(scope="module")
 def recorded_run(hal_home: Path, data_dir: Path, tmp_path_factory):
     """The paper's GPT-5 statements replayed through the flow over all 557 games."""
-    judge = RecordedJudgeConfig(
-        paths=["turing/ratings32_gpt-5.csv"],
-        columns=[RecordedColumns(text="conversation_A_transcript", ratings="likert_evaluation_A")],
-        statements_paths=["turing/statements_gpt-5.csv"],
-    )
+    judge = RecordedJudgeConfig(statements_paths=["turing/statements_gpt-5.csv"])
     cache = tmp_path_factory.mktemp("recorded") / "cache.sqlite"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HAL_HOME", str(hal_home))
@@ -328,6 +325,7 @@ def test_the_recorded_judge_reproduces_the_published_gpt5_statements(
     pd.testing.assert_frame_equal(table[list(games.columns)], games)  # the games, in order
     recorded = published.loc[table["game_id"]]
     assert table["aijudge_verdict"].tolist() == recorded["aijudge_verdict"].tolist()
+    np.testing.assert_allclose(table["elapsed_time"], recorded["elapsed_time"])
     assert [json.loads(cell) for cell in table["human_characteristics"]] == [
         json.loads(cell) for cell in recorded["human_characteristics"]
     ]
@@ -358,11 +356,7 @@ def test_the_pipeline_derives_traits_from_what_a_live_judge_collected(
     from flows.derive_traits import DeriveTraitsParams
     from flows.pipeline import PipelineParams, hal_pipeline
 
-    judge = RecordedJudgeConfig(
-        paths=["turing/ratings32_gpt-5.csv"],
-        columns=[RecordedColumns(text="conversation_A_transcript", ratings="likert_evaluation_A")],
-        statements_paths=["turing/statements_gpt-5.csv"],
-    )
+    judge = RecordedJudgeConfig(statements_paths=["turing/statements_gpt-5.csv"])
     started = time.monotonic()
     result = hal_pipeline(
         PipelineParams(

@@ -87,3 +87,12 @@ def test_statement_proposals_from_an_untrained_model_are_recorded_errors(tiny_mo
     )
     assert proposal.game_id == "g1" and not proposal.ok
     assert proposal.error.startswith("invalid reply") and proposal.verdict is None
+
+
+def test_a_game_longer_than_the_context_is_an_input_failure_not_a_cut_prompt(tiny_models) -> None:
+    judge = _judge(tiny_models["a"], max_length=600, max_new_tokens=64)
+    long_game = "\n".join(f"I: question {i}?\nW: answer number {i} ok" for i in range(200))
+    [proposal] = judge.propose_statements(
+        [Game(game_id="g1", transcript_a=long_game, transcript_b=DIALOGUES[1])], TAGS
+    )
+    assert proposal.error_kind == "input" and "536 beside 64 new tokens" in proposal.error

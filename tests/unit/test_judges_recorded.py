@@ -131,24 +131,26 @@ def test_a_ratings_table_with_trait_id_columns_replays(tmp_path: Path) -> None:
 
 def test_recorded_statements_replay_by_game_transcripts(data_dir: Path) -> None:
     games = pd.read_csv(data_dir / "turing/statements_gpt-5.csv").head(3)
-    config = RecordedJudgeConfig(
-        paths=["turing/ratings32_gpt-5.csv"],
-        columns=[RecordedColumns(text="conversation_A_transcript", ratings="likert_evaluation_A")],
-        statements_paths=["turing/statements_gpt-5.csv"],
-    )
+    config = RecordedJudgeConfig(statements_paths=["turing/statements_gpt-5.csv"])
     judge = build_judge(config, data_dir=data_dir)
-    proposals = judge.propose_statements(
-        [
-            Game(
-                game_id=str(row.game_id),
-                transcript_a=row.conversation_A_transcript,
-                transcript_b=row.conversation_B_transcript,
-            )
-            for row in games.itertuples()
-        ],
-        SpeakerTags.turing(),
-    )
+    asked = [
+        Game(
+            game_id=str(row.game_id),
+            transcript_a=row.conversation_A_transcript,
+            transcript_b=row.conversation_B_transcript,
+        )
+        for row in games.itertuples()
+    ]
+    unknown = Game(game_id="x", transcript_a="I: hi\nW: yo", transcript_b="I: hi\nW: hello")
+    *proposals, missing = judge.propose_statements([*asked, unknown], SpeakerTags.turing())
     assert [p.verdict for p in proposals] == games["aijudge_verdict"].tolist()
     assert [p.statements for p in proposals] == [
         json.loads(c) for c in games["human_characteristics"]
     ]
+    assert [p.latency_s for p in proposals] == pytest.approx(games["elapsed_time"].tolist())
+    assert not missing.ok and missing.error_kind == "missing"
+
+
+def test_a_recorded_judge_must_replay_ratings_or_statements() -> None:
+    with pytest.raises(ValueError, match=r"paths \(ratings\) or statements_paths"):
+        RecordedJudgeConfig()
