@@ -106,6 +106,10 @@ def derive_traits_command(
     completer: Annotated[
         str | None, typer.Option(help="llm: 'module:name' with complete(prompt) -> str.")
     ] = None,
+    consolidator_judge: Annotated[
+        Path | None,
+        typer.Option(help="llm: YAML judge config whose model consolidates.", exists=True),
+    ] = None,
     reference: Annotated[
         str | None, typer.Option(help="Reference questionnaire for coverage.")
     ] = None,
@@ -120,6 +124,9 @@ def derive_traits_command(
         "seeds": [int(s) for s in seeds.split(",")] if seeds else None,
         "consolidator": consolidator,
         "completer": completer,
+        "consolidator_judge": (
+            {"backend": "openai", **load_recipe(consolidator_judge)} if consolidator_judge else None
+        ),
         "reference_questionnaire": reference,
         "validation_policy": policy,
     }

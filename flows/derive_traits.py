@@ -3,6 +3,7 @@
 hal derive-traits                                        # statements_gpt-5.csv, extractive
 hal derive-traits --statements-file turing/statements_gpt-5-mini.csv
 hal derive-traits --consolidator llm --completer mypackage.llm:make_completer
+hal derive-traits --consolidator llm --consolidator-judge judge.yaml   # an OpenAI-compatible model
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.derivation import DerivationRecipe, trait_centroids
+from hal_core.judges import JudgeConfig
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import get_settings
 from tasks import tracking
@@ -24,6 +26,7 @@ from tasks.derivation import (
     consolidate_traits,
     embed_statements,
     extract_statements,
+    judge_completer,
     layout_store,
     load_statements,
     log_derivation,
@@ -66,6 +69,11 @@ class DeriveTraitsParams(BaseModel):
         description="For llm: 'package.module:name' of an object with complete(prompt) -> str, "
         "or of a zero-argument factory returning one.",
     )
+    consolidator_judge: JudgeConfig | None = Field(
+        default=None,
+        description="For llm, instead of completer: a judge (openai backend: any "
+        "OpenAI-compatible endpoint) whose model writes the consolidation.",
+    )
     reference_questionnaire: str | None = Field(
         default="questionnaires/hal32q.json",
         description="Questionnaire to measure coverage against (data folder); empty = none.",
@@ -85,9 +93,13 @@ class DeriveTraitsParams(BaseModel):
     parent_run_id: tracking.ParentRunId = None
 
     @model_validator(mode="after")
-    def _llm_needs_a_completer(self) -> DeriveTraitsParams:
-        if self.consolidator == "llm" and not self.completer:
-            raise ValueError("consolidator 'llm' needs completer='package.module:name'")
+    def _llm_needs_one_text_model(self) -> DeriveTraitsParams:
+        models = int(bool(self.completer)) + int(self.consolidator_judge is not None)
+        if self.consolidator == "llm" and models != 1:
+            raise ValueError(
+                "consolidator 'llm' needs one text model: completer='package.module:name' or "
+                "consolidator_judge (a judge config)"
+            )
         return self
 
 
@@ -115,7 +127,13 @@ def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResul
     statements_path = settings.data_path(params.statements_file)
     recipe_path = resolve_recipe_path(params.recipe_file)
     recipe = _recipe(params, recipe_path)
-    completer = resolve_completer(params.completer) if params.completer else None
+    completer = None
+    if params.consolidator == "llm":
+        completer = (
+            resolve_completer(params.completer)
+            if params.completer
+            else judge_completer(params.consolidator_judge, settings)
+        )
     name = params.questionnaire_name or f"derived-{statements_path.stem}"
     inputs = {"statements": statements_path, "recipe": recipe_path}
     if params.reference_questionnaire:

@@ -16,6 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from hal_core import derivation as core
 from hal_core.embedding import EmbeddingCache
+from hal_core.judges import JudgeConfig, build_judge
+from hal_core.judging import JudgeConfigurationError
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import PROJECT_ROOT, HalSettings
 from hal_core.tables import read_table
@@ -49,6 +51,19 @@ def resolve_completer(spec: str) -> core.TextCompleter:
     if not callable(getattr(completer, "complete", None)):
         raise TypeError(f"completer {spec!r} gives {completer!r}, which has no complete(prompt)")
     return completer
+
+
+def judge_completer(config: JudgeConfig, settings: HalSettings) -> core.TextCompleter:
+    """A judge's model as the consolidator's text model (key from env or a Secret block)."""
+    from tasks.rating import resolve_api_key
+
+    judge = build_judge(config, api_key=resolve_api_key(config), data_dir=settings.data_dir)
+    if not callable(getattr(judge, "complete", None)):
+        raise JudgeConfigurationError(
+            f"backend {config.backend!r} cannot write free text for the llm consolidator; "
+            "use the openai backend (any OpenAI-compatible endpoint) or a completer"
+        )
+    return judge
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from hal_core.judges.replies import (
 from hal_core.judging import (
     Game,
     JudgeConfigurationError,
+    JudgeError,
     RateByStreaming,
     RatingResult,
     ResultCallback,
@@ -200,7 +201,27 @@ class OpenAIJudge(RateByStreaming):
     ) -> None:
         run_sync(self._propose_all(list(games), tags, on_result))
 
+    def complete(self, prompt: str) -> str:
+        """The model's reply to one free-form prompt (no reply schema), with the judge's
+        retries: a text model for the llm consolidator of trait derivation."""
+        return run_sync(self._complete_text(prompt))
+
     # -- internals ---------------------------------------------------------------------------
+
+    async def _complete_text(self, prompt: str) -> str:
+        client = self._client()
+        where = f"{self.config.model} at {self.config.base_url or 'api.openai.com'}"
+        try:
+            reply = await self._complete(
+                client, [{"role": "user", "content": prompt}], self._request_body(None), _Usage()
+            )
+        except (_GaveUp, _Rejected) as error:
+            raise JudgeError(f"{where}: {self._scrub(str(error))}") from None
+        finally:
+            await client.close()
+        if not reply:
+            raise JudgeError(f"{where}: empty reply")
+        return reply
 
     def _scrub(self, text: str) -> str:
         key = self.__api_key

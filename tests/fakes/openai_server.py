@@ -1,7 +1,8 @@
 """A local OpenAI-compatible chat-completions server with configurable latency and faults.
 
 It listens on 127.0.0.1 on a free port and answers ``POST /v1/chat/completions`` like a
-judge would: ``{"ratings": {trait_id: 1..5}}`` for every trait id the request asks for,
+judge would: ``{"ratings": {trait_id: 1..5}}`` for every trait id the request asks for (a
+game's statements, or one trait per cluster for a consolidation prompt),
 deterministic per request (so runs can be compared). A :class:`FaultPlan` makes a chosen
 fraction of *first answers* faulty - 429 with Retry-After, 500, a hang past the client's
 timeout, a body that is not JSON, a reply that is not valid JSON, ratings of 0 or 6, missing
@@ -36,6 +37,7 @@ FIRST_ANSWER_FAULTS = (
     "missing_ids",
 )
 _TRAIT_LINE = re.compile(r"^- (t\d{2,}): ", re.MULTILINE)
+_CLUSTER = re.compile(r"\[(c\d+)\] size \d+\nrepresentative: (.*)")
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,13 @@ class _Handler(BaseHTTPRequestHandler):
                     ],
                 }
             )
+        clusters = _CLUSTER.findall(str(first_user.get("content", "")))
+        if clusters:  # trait consolidation: one trait per cluster, its representative reworded
+            traits = [
+                {"text": f"The speaker: {text}", "group": "Echo", "clusters": [cluster]}
+                for cluster, text in clusters
+            ]
+            return json.dumps({"traits": traits, "dropped": []})
         trait_ids = _trait_ids(payload)
         ratings = {trait_id: expected_rating(key, trait_id) for trait_id in trait_ids}
         if fault == "invalid_json":

@@ -197,3 +197,42 @@ def test_quarantine_policy_and_llm_consolidator_run_end_to_end(env, data_dir, tm
     questionnaire = Questionnaire.load(result.questionnaire_path)
     assert {t.group for t in questionnaire.traits} == {"Echo"}
     assert all(t.text.startswith("The speaker: ") for t in questionnaire.traits)
+
+
+def test_an_openai_compatible_model_consolidates_through_a_judge_config(
+    env, data_dir, tmp_path, settings
+) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    table = pd.read_csv(data_dir / GPT5).head(200)
+    path = tmp_path / "statements_200.csv"
+    table.to_csv(path, index=False)
+    with FakeOpenAIServer() as server:
+        result = derive_traits(
+            DeriveTraitsParams(
+                statements_file=str(path),
+                consolidator="llm",
+                consolidator_judge={
+                    "backend": "openai",
+                    "model": "fake-consolidator",
+                    "base_url": server.base_url,
+                },
+                seeds=[0, 1],
+            )
+        )
+        requests = len(server.records)
+    assert requests == 1
+    questionnaire = Questionnaire.load(result.questionnaire_path)
+    assert {t.group for t in questionnaire.traits} == {"Echo"}
+    assert all(t.text.startswith("The speaker: ") for t in questionnaire.traits)
+    listing = {item.path for item in MlflowClient().list_artifacts(result.run_id, "llm")}
+    assert {"llm/prompt.txt", "llm/reply.txt"} <= listing
+
+
+def test_the_llm_consolidator_takes_exactly_one_text_model() -> None:
+    judge = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(ValueError, match="one text model"):
+        DeriveTraitsParams(consolidator="llm")
+    with pytest.raises(ValueError, match="one text model"):
+        DeriveTraitsParams(consolidator="llm", completer="a.b:c", consolidator_judge=judge)
+    assert DeriveTraitsParams(consolidator="llm", consolidator_judge=judge).completer is None

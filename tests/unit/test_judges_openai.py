@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -178,3 +179,14 @@ def test_the_event_loop_runs_with_old_objects_frozen_and_thaws_them_after() -> N
     assert gc.get_freeze_count() == 0
     assert run_sync(frozen_count()) > 1000
     assert gc.get_freeze_count() == 0
+
+
+def test_complete_returns_free_text_with_the_judges_retries() -> None:
+    prompt = "Clusters:\n\n[c01] size 12\nrepresentative: Uses slang.\n- says lol\n"
+    with FakeOpenAIServer(faults=FaultPlan(server_error=1.0), api_key=KEY) as server:
+        reply = _judge(server).complete(prompt)
+        attempts = [record.status for record in server.records]
+    assert json.loads(reply)["traits"][0]["clusters"] == ["c01"]
+    assert attempts == [500, 200]
+    with FakeOpenAIServer(api_key="sk-other") as server, pytest.raises(JudgeConfigurationError):
+        _judge(server).complete(prompt)
