@@ -131,6 +131,12 @@ class HFJudgeConfig(BaseModel):
     max_new_tokens: int = Field(
         default=256, ge=1, description="Reply limit when proposing statements."
     )
+    share_prefix: bool = Field(
+        default=True,
+        description="Encode a dialogue once and reuse its key/value cache for every trait's "
+        "question (same ratings up to float rounding, several times faster); off = one full "
+        "forward pass per (dialogue, trait).",
+    )
 
 
 class RecordedColumns(BaseModel):

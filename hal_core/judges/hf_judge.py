@@ -2,8 +2,11 @@
 next-token probabilities of the scale's digits give the rating (argmax) and its expected value.
 
 Prompts are batched with left padding and explicit position ids, so a rating does not depend
-on which other prompts share its batch. A dialogue too long for the model is shortened (its
-end is cut) to fit ``max_length``. Results are reported per group of dialogues as they finish.
+on which other prompts share its batch. A dialogue's trait prompts share everything up to the
+trait's statement: that prefix is encoded once and its key/value cache serves every trait
+(``share_prefix``), so a 32-trait questionnaire costs one long pass and 32 short ones. A
+dialogue too long for the model is shortened (its end is cut) to fit ``max_length``. Results
+are reported per group of dialogues as they finish.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class HFJudge(RateByStreaming):
         self._digit_ids: dict[tuple[int, int], list[int]] = {}
         forward = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in forward  # skip the LM head on all but the last
+        # transformers 5.x renamed the key/value cache argument and output past_key_values -> cache
+        self._cache_name = "cache" if "cache" in forward else "past_key_values"
 
     @classmethod
     def from_config(cls, config: HFJudgeConfig) -> HFJudge:
@@ -169,7 +174,11 @@ class HFJudge(RateByStreaming):
 
     # -- rating ------------------------------------------------------------------------------
 
-    def _forward_last(self, batch: list[list[int]]):
+    def _forward_last(self, batch: list[list[int]], prefix=None, prefix_length: int = 0):
+        """Next-token logits after each prompt of ``batch`` (left-padded); with ``prefix`` (a
+        key/value cache of ``prefix_length`` tokens, batch 1), each prompt continues it."""
+        import copy
+
         import torch
 
         pad = self.tokenizer.pad_token_id
@@ -179,18 +188,57 @@ class HFJudge(RateByStreaming):
         for row, ids in enumerate(batch):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             mask[row, width - len(ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = self.config.device
+        positions = prefix_length + (mask.cumsum(-1) - 1).clamp(min=0)
         extra = {"logits_to_keep": 1} if self._keeps_logits else {}
+        if prefix is None:
+            extra["use_cache"] = False
+        else:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(batch))
+            mask = torch.cat([torch.ones((len(batch), prefix_length), dtype=torch.long), mask], 1)
+            extra.update({self._cache_name: cache, "use_cache": True})
+        device = self.config.device
         with torch.inference_mode():
             out = self.model(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
-                use_cache=False,
                 **extra,
             )
         return out.logits[:, -1, :].float().cpu()
+
+    def _encode_prefix(self, ids: list[int]):
+        """The key/value cache of a shared prompt prefix (batch 1)."""
+        import torch
+
+        device = self.config.device
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                use_cache=True,
+                **({"logits_to_keep": 1} if self._keeps_logits else {}),
+            )
+        return getattr(out, self._cache_name)
+
+    def _dialogue_logits(self, prompts: list[list[int]]):
+        """Next-token logits after every trait prompt of one dialogue, in order."""
+        import torch
+
+        shared = 0
+        if self.config.share_prefix and len(prompts) > 1:
+            limit = min(len(ids) for ids in prompts) - 1  # every prompt keeps a token of its own
+            first = prompts[0]
+            while shared < limit and all(ids[shared] == first[shared] for ids in prompts):
+                shared += 1
+        prefix = self._encode_prefix(prompts[0][:shared]) if shared >= 16 else None
+        start = shared if prefix is not None else 0
+        size = self.config.batch_size
+        rows = []
+        for begin in range(0, len(prompts), size):
+            batch = [ids[start:] for ids in prompts[begin : begin + size]]
+            rows.append(self._forward_last(batch, prefix, start))
+        return torch.cat(rows)
 
     def _rate_group(
         self,
@@ -222,15 +270,23 @@ class HFJudge(RateByStreaming):
             return results
         digits = self._digits(prompts[0][2], questionnaire)
         values = torch.arange(questionnaire.scale.min, questionnaire.scale.max + 1).float()
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][2]))
         probabilities: dict[tuple[int, str], torch.Tensor] = {}
-        size = self.config.batch_size
-        for start in range(0, len(order), size):
-            chosen = [prompts[i] for i in order[start : start + size]]
-            logits = self._forward_last([ids for _, _, ids in chosen])
+        if self.config.share_prefix:  # per dialogue: its prefix once, then its traits
+            groups = [[p for p in prompts if p[0] == position] for position, _, _ in items]
+            groups = [group for group in groups if group]
+        else:  # across dialogues, by length: little padding per batch
+            ordered = sorted(prompts, key=lambda prompt: len(prompt[2]))
+            size = self.config.batch_size
+            groups = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+        for group in groups:
+            logits = (
+                self._dialogue_logits([ids for _, _, ids in group])
+                if self.config.share_prefix
+                else self._forward_last([ids for _, _, ids in group])
+            )
             probs = torch.softmax(logits, dim=-1)[:, digits]
             probs = probs / probs.sum(dim=-1, keepdim=True)
-            for (position, trait_id, _), row in zip(chosen, probs, strict=True):
+            for (position, trait_id, _), row in zip(group, probs, strict=True):
                 probabilities[(position, trait_id)] = row
         for position, item_id, _ in items:
             if position in results:

@@ -96,3 +96,15 @@ def test_a_game_longer_than_the_context_is_an_input_failure_not_a_cut_prompt(tin
         [Game(game_id="g1", transcript_a=long_game, transcript_b=DIALOGUES[1])], TAGS
     )
     assert proposal.error_kind == "input" and "536 beside 64 new tokens" in proposal.error
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_a_shared_prefix_cache_gives_the_ratings_of_full_prompts(tiny_models, batch_size) -> None:
+    full = _judge(tiny_models["a"], share_prefix=False).rate(DIALOGUES, QUESTIONNAIRE, TAGS)
+    shared_judge = _judge(tiny_models["a"], batch_size=batch_size)
+    shared = shared_judge.rate(DIALOGUES, QUESTIONNAIRE, TAGS)
+    assert shared_judge.fingerprint() == _judge(tiny_models["a"], share_prefix=False).fingerprint()
+    for left, right in zip(full, shared, strict=True):
+        assert left.ratings == right.ratings
+        for trait_id in QUESTIONNAIRE.trait_ids:
+            assert left.expected[trait_id] == pytest.approx(right.expected[trait_id], abs=1e-5)
