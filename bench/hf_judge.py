@@ -4,10 +4,16 @@ the same model, dialogues and questionnaire, with the largest difference in expe
 
     .venv/bin/python bench/hf_judge.py                         # Llama-shaped model from a config
     .venv/bin/python bench/hf_judge.py --model path/to/local/model --dialogues 16
+    python bench/hf_judge.py --shape llama-1b --device cuda --dtype bfloat16 --dialogues 64
 
 The default model is randomly initialised (nothing is downloaded) with a tokenizer trained on
 our dialogues; its ratings mean nothing, its cost per token is what a real model of its shape
-costs.
+costs. Its digit probabilities are nearly uniform, so in bfloat16 the rounding differences
+between the two paths flip many near-tied ratings; a trained judge's peaked answers flip few.
+
+Measured (figures in the closing note): this 2-core CPU, 4-layer 256-wide model, float32:
+4.0x, identical ratings. NVIDIA H200, Llama-3.2-1B shape, bfloat16, 64 dialogues: 1.4x
+(one dialogue per cached pass leaves the GPU underused), expected ratings within 0.06.
 """
 
 from __future__ import annotations
@@ -26,13 +32,48 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hal_core.dialogue import SpeakerTags  # noqa: E402
 from hal_core.judges import HFJudgeConfig, build_judge  # noqa: E402
+from hal_core.judges.hf_judge import HFJudge  # noqa: E402
 from hal_core.questionnaire import Questionnaire  # noqa: E402
-from hal_core.settings import HalSettings  # noqa: E402
+
+LLAMA_32_1B = {  # Llama-3.2-1B's shape (vocabulary: our tokenizer's)
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+}
+
+
+def _in_memory_judge(corpus: list[str], shape: dict, config: HFJudgeConfig) -> HFJudge:
+    """A randomly initialised Llama of ``shape`` built on the device, with our tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hal_core.tiny_model import train_tokenizer
+
+    tokenizer = train_tokenizer(corpus, 8192)
+    torch.manual_seed(0)
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **shape,
+    )
+    with torch.device(config.device):
+        model = LlamaForCausalLM(llama).to(getattr(torch, config.dtype)).eval()
+    return HFJudge(model, tokenizer, config, model_digest="random-llama")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="local model folder; default: built here")
+    parser.add_argument("--shape", choices=["small", "llama-1b"], default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--data-dir", default=None, help="default: the HAL data folder")
     parser.add_argument("--dialogues", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -43,15 +84,20 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
-    settings = HalSettings()
-    questionnaire = Questionnaire.load(settings.data_path("questionnaires/hal32q.json"))
-    texts = pd.read_csv(settings.data_path("turing/ratings32_gpt-5.csv"))[
-        "conversation_A_transcript"
-    ]
+    if args.data_dir is None:
+        from hal_core.settings import HalSettings
+
+        data_dir = HalSettings().require_data_dir()
+    else:
+        data_dir = Path(args.data_dir)
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal32q.json")
+    texts = pd.read_csv(data_dir / "turing/ratings32_gpt-5.csv")["conversation_A_transcript"]
     dialogues = [t for t in dict.fromkeys(texts.dropna()) if "\nW:" in t][: args.dialogues]
+    corpus = [*texts.dropna().tolist()[:500], *(t.text for t in questionnaire.traits)]
+    timings, results = {}, {}
     with tempfile.TemporaryDirectory() as folder:
         model_path = args.model
-        if model_path is None:
+        if model_path is None and args.shape == "small":
             from hal_core.tiny_model import TinyModelSpec, save_tiny_model
 
             spec = TinyModelSpec(
@@ -63,15 +109,28 @@ def main() -> int:
                 num_key_value_heads=2,
                 max_position_embeddings=4096,
             )
-            corpus = [*texts.dropna().tolist()[:500], *(t.text for t in questionnaire.traits)]
             model_path = str(save_tiny_model(Path(folder) / "model", corpus, spec))
-        timings, results = {}, {}
+        judge = None
         for share in (False, True, False, True):  # interleaved: each arm measured twice
-            judge = build_judge(
-                HFJudgeConfig(model_path=model_path, batch_size=args.batch_size, share_prefix=share)
+            config = HFJudgeConfig(
+                model_path=model_path or "in-memory",
+                batch_size=args.batch_size,
+                share_prefix=share,
+                device=args.device,
+                dtype=args.dtype,
             )
+            if model_path is not None:
+                judge = build_judge(config)
+            elif judge is None:
+                judge = _in_memory_judge(corpus, LLAMA_32_1B, config)
+            else:
+                judge.config = config
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             started = time.perf_counter()
             results[share] = judge.rate(dialogues, questionnaire, SpeakerTags.turing())
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             timings.setdefault(share, []).append(time.perf_counter() - started)
     full, shared = min(timings[False]), min(timings[True])
     gap = max(
@@ -83,9 +142,14 @@ def main() -> int:
     report = {
         "dialogues": len(dialogues),
         "traits": len(questionnaire.traits),
-        "model": model_path
-        if args.model
-        else f"random Llama, hidden {args.hidden_size}, {args.layers} layers",
+        "model": args.model
+        or (
+            "random Llama-3.2-1B shape"
+            if args.shape == "llama-1b"
+            else f"random Llama, hidden {args.hidden_size}, {args.layers} layers"
+        ),
+        "device": args.device,
+        "dtype": args.dtype,
         "full_prompts_s": round(full, 2),
         "shared_prefix_s": round(shared, 2),
         "speedup": round(full / shared, 2),
