@@ -4,7 +4,7 @@ The same flow trains the tiny model on this CPU and Llama-3.2-1B on GPUs; only t
 the accelerate config and the number of processes change::
 
     hal align --scores-file scores.csv            # tiny model on this CPU: 2 processes, ZeRO-2
-    hal align --judge infra/judges/local.yaml --dpo-recipe llama-3.2-1b-lora-fast \\
+    hal align --judge infra/judges/vllm-local.yaml --dpo-recipe llama-3.2-1b-lora-fast \\
         --accelerate-config zero3 --num-processes 8
 
 Rerunning it after the training was killed resumes from the last checkpoint (same inputs give

@@ -49,8 +49,8 @@ class DeriveTraitsParams(BaseModel):
 
     statements_file: str = Field(
         default="turing/statements_gpt-5.csv",
-        description="Statements table (JSON list of statements per game), relative to the data "
-        "folder (or absolute).",
+        description="Statements table (JSON list of statements per game): absolute, relative "
+        "to the working folder when it is there, else to the data folder.",
     )
     recipe_file: str = Field(
         default="infra/recipes/derive_traits.yaml",
@@ -124,7 +124,7 @@ def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResul
     """Derive a human-likeness questionnaire from judges' statements and measure it."""
     params = params or DeriveTraitsParams()
     settings = get_settings()
-    statements_path = settings.data_path(params.statements_file)
+    statements_path = settings.input_path(params.statements_file)
     recipe_path = resolve_recipe_path(params.recipe_file)
     recipe = _recipe(params, recipe_path)
     completer = None
@@ -137,7 +137,7 @@ def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResul
     name = params.questionnaire_name or f"derived-{statements_path.stem}"
     inputs = {"statements": statements_path, "recipe": recipe_path}
     if params.reference_questionnaire:
-        inputs["reference"] = settings.data_path(params.reference_questionnaire)
+        inputs["reference"] = settings.input_path(params.reference_questionnaire)
     with tracking.stage_run(
         "derive_traits", settings.experiment_traits, settings, params.parent_run_id
     ) as run:

@@ -77,11 +77,11 @@ class EvaluateParams(BaseModel):
 def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:  # noqa: B008
     """HL score per model and epoch with CIs, paired t-tests against the base, trait shifts."""
     settings = get_settings()
-    questionnaire_path = settings.data_path(params.questionnaire)
-    reward_path = settings.data_path(params.reward)
+    questionnaire_path = settings.input_path(params.questionnaire)
+    reward_path = settings.input_path(params.reward)
     questionnaire = load_rating_questionnaire(questionnaire_path)
     reward = load_reward(reward_path, questionnaire)
-    files = find_response_files(settings.data_path(params.responses_dir), params.models or None)
+    files = find_response_files(settings.input_path(params.responses_dir), params.models or None)
 
     with stage_run(
         "evaluate", settings.experiment_evaluation, settings, params.parent_run_id
@@ -111,7 +111,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:  # noqa: B008
         publish_evaluation(report, run_id, plots, failures)
 
         if params.pairwise_csv:
-            judgements = read_judgements(settings.data_path(params.pairwise_csv))
+            judgements = read_judgements(settings.input_path(params.pairwise_csv))
             pairwise = evaluate_pairwise(judgements, params.elo_orderings, params.seed)
             log_pairwise(run_id, pairwise)
 

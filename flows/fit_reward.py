@@ -28,7 +28,8 @@ class FitRewardParams(BaseModel):
 
     ratings_file: str = Field(
         default="turing/ratings32_gpt-5.csv",
-        description="Turing ratings table, relative to the data folder (or absolute).",
+        description="Turing ratings table: absolute, relative to the working folder when it is "
+        "there, else to the data folder.",
     )
     questionnaire_file: str = Field(
         default="questionnaires/hal32q.json",
@@ -61,8 +62,8 @@ def fit_reward(params: FitRewardParams | None = None) -> FitRewardResult:
     """Fit the interpretable HL reward on trait ratings of human and AI witnesses."""
     params = params or FitRewardParams()
     settings = get_settings()
-    ratings_path = settings.data_path(params.ratings_file)
-    questionnaire_path = settings.data_path(params.questionnaire_file)
+    ratings_path = settings.input_path(params.ratings_file)
+    questionnaire_path = settings.input_path(params.questionnaire_file)
     with tracking.stage_run(
         "fit_reward", settings.experiment_reward, settings, params.parent_run_id
     ) as run:

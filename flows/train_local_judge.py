@@ -110,8 +110,8 @@ def train_local_judge(params: TrainLocalJudgeParams | None = None) -> TrainLocal
     ) as run:
         run_id = run.info.run_id
         if hal16q:
-            questionnaire_path = settings.data_path(params.hal16q_questionnaire_file)
-            weights_path = settings.data_path(params.hal16q_weights_file)
+            questionnaire_path = settings.input_path(params.hal16q_questionnaire_file)
+            weights_path = settings.input_path(params.hal16q_weights_file)
             tables = read_rating_tables(data_dir, params.hal16q_ratings_glob)
             tables = {
                 name: validate_dataset(
@@ -123,8 +123,8 @@ def train_local_judge(params: TrainLocalJudgeParams | None = None) -> TrainLocal
             inputs.update({"questionnaire": questionnaire_path, "weights": weights_path})
             training = assemble_hal16q_training(tables, questionnaire_path, weights_path)
         else:
-            questionnaire_path = settings.data_path(params.hal32q_questionnaire_file)
-            ratings_path = settings.data_path(params.hal32q_ratings_file)
+            questionnaire_path = settings.input_path(params.hal32q_questionnaire_file)
+            ratings_path = settings.input_path(params.hal32q_ratings_file)
             table = read_rating_tables(ratings_path.parent, ratings_path.name)[ratings_path.name]
             table = validate_dataset(
                 table, "turing_ratings32", params.validation_policy, settings, run_id

@@ -231,3 +231,31 @@ def test_local_judge_recipe_keeps_the_flow_defaults() -> None:
 
     values = yaml.safe_load((INFRA / "recipes" / "train_local_judge.yaml").read_text())
     assert TrainLocalJudgeParams.model_validate(values) == TrainLocalJudgeParams()
+
+
+def test_every_shipped_judge_config_loads_and_the_recorded_one_replays(data_dir) -> None:
+    import pandas as pd
+
+    from hal_core.dialogue import SpeakerTags
+    from hal_core.judges import build_judge, load_judge_config
+    from hal_core.judging import Game
+    from hal_core.questionnaire import Questionnaire
+
+    configs = {path.name: load_judge_config(path) for path in (INFRA / "judges").glob("*.yaml")}
+    assert {"openai-gpt-5.yaml", "vllm-local.yaml", "recorded-gpt-5.yaml"} <= set(configs)
+    judge = build_judge(configs["recorded-gpt-5.yaml"], data_dir=data_dir)
+    games = pd.read_csv(data_dir / "turing/games.csv").head(10)
+    hal32q = Questionnaire.load(data_dir / "questionnaires/hal32q.json")
+    witnesses = [*games["conversation_A_transcript"], *games["conversation_B_transcript"]]
+    ratings = judge.rate(witnesses, hal32q, SpeakerTags.turing())
+    assert all(result.ok for result in ratings)
+    asked = [
+        Game(
+            game_id=str(row.game_id),
+            transcript_a=row.conversation_A_transcript,
+            transcript_b=row.conversation_B_transcript,
+        )
+        for row in games.itertuples()
+    ]
+    proposals = judge.propose_statements(asked, SpeakerTags.turing())
+    assert all(proposal.ok for proposal in proposals)
