@@ -66,6 +66,8 @@ def run_stage(
     result = load_flow(entrypoint)(model.model_validate(params))
     if isinstance(result, BaseModel):
         return result.model_dump(mode="json")
+    if isinstance(result, dict):
+        return result
     if isinstance(result, list):
         return {"items": [r.model_dump(mode="json") if isinstance(r, BaseModel) else r
                           for r in result]}  # fmt: skip
