@@ -46,7 +46,9 @@ def test_make_demo_runs_the_pipeline_end_to_end(tmp_path: Path, data_dir: Path) 
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "pipeline run" in completed.stdout
 
-    settings = HalSettings(home=home, data_dir=data_dir)
+    # the store the demo used: its default under HAL_HOME (this process's MLFLOW_TRACKING_URI,
+    # set by earlier tests, points elsewhere)
+    settings = HalSettings(home=home, data_dir=data_dir, tracking_uri=f"sqlite:///{home}/mlflow.db")
     client = MlflowClient(settings.resolved_tracking_uri())
     experiment = client.get_experiment_by_name(settings.experiment_pipeline)
     [pipeline] = client.search_runs(
