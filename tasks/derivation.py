@@ -22,6 +22,7 @@ from hal_core.questionnaire import Questionnaire
 from hal_core.settings import PROJECT_ROOT, HalSettings
 from hal_core.tables import read_table
 from tasks import tracking
+from tasks.rating import resolve_api_key
 
 COVERAGE_ARTIFACT_KEY = "derive-traits-coverage"
 
@@ -55,8 +56,6 @@ def resolve_completer(spec: str) -> core.TextCompleter:
 
 def judge_completer(config: JudgeConfig, settings: HalSettings) -> core.TextCompleter:
     """A judge's model as the consolidator's text model (key from env or a Secret block)."""
-    from tasks.rating import resolve_api_key
-
     judge = build_judge(config, api_key=resolve_api_key(config), data_dir=settings.data_dir)
     if not callable(getattr(judge, "complete", None)):
         raise JudgeConfigurationError(

@@ -54,7 +54,8 @@ def propose_with_judge(
     chunk_size: int = 32,
     progress: bool = False,
 ) -> ProposalRun:
-    """Ask the judge for every game's statements through the cache, committing per chunk."""
+    """Ask the judge for every game's statements through the cache, committing each answer
+    as it arrives (per chunk for judges that cannot stream)."""
     judge = build_judge(judge_config, api_key=resolve_api_key(judge_config), data_dir=data_dir)
     if not isinstance(judge, StatementProposer):
         raise JudgeConfigurationError(

@@ -274,16 +274,14 @@ class HFJudge(RateByStreaming):
         if self.config.share_prefix:  # per dialogue: its prefix once, then its traits
             groups = [[p for p in prompts if p[0] == position] for position, _, _ in items]
             groups = [group for group in groups if group]
+            logits_of = self._dialogue_logits
         else:  # across dialogues, by length: little padding per batch
             ordered = sorted(prompts, key=lambda prompt: len(prompt[2]))
             size = self.config.batch_size
             groups = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+            logits_of = self._forward_last
         for group in groups:
-            logits = (
-                self._dialogue_logits([ids for _, _, ids in group])
-                if self.config.share_prefix
-                else self._forward_last([ids for _, _, ids in group])
-            )
+            logits = logits_of([ids for _, _, ids in group])
             probs = torch.softmax(logits, dim=-1)[:, digits]
             probs = probs / probs.sum(dim=-1, keepdim=True)
             for (position, trait_id, _), row in zip(group, probs, strict=True):
