@@ -116,6 +116,7 @@ PROCESS_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # models ship in packages or folders; nothing comes from a hub
     "TOKENIZERS_PARALLELISM": "false",
     "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (no network; SQLite contention)
     # A local ephemeral Prefect API on a busy 2-core machine can start slower than the default.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }

@@ -378,9 +378,8 @@ def test_the_pipeline_derives_traits_from_what_a_live_judge_collected(
 
 
 def test_the_cli_collects_statements_from_an_endpoint(settings, tmp_path, monkeypatch) -> None:
-    from typer.testing import CliRunner
-
     from flows.cli import app
+    from typer.testing import CliRunner
 
     games_path = tmp_path / "six_games.csv"
     pd.read_csv(settings.data_path("turing/games.csv")).head(6).to_csv(games_path, index=False)

@@ -29,10 +29,9 @@ def stored_epochs(data_dir: Path) -> dict[str, dict[int, pd.DataFrame]]:
 def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
     settings: HalSettings, data_dir: Path, tmp_path: Path
 ) -> None:
+    from flows.cli import app
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from flows.cli import app
 
     pairs = tmp_path / "pairs.csv"
     pd.DataFrame(
@@ -122,8 +121,8 @@ def test_compare_shows_pipeline_runs_with_stage_metrics_and_blanks(
     settings: HalSettings,
 ) -> None:
     import mlflow
-
     from flows.cli import app
+
     from tasks.tracking import configure_tracking, ensure_experiment
 
     configure_tracking(settings)

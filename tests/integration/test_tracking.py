@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from hal_core.settings import HalSettings, HomeNotWritableError
+from hal_core.settings import HalSettings
 from tasks import tracking
 
 pytestmark = pytest.mark.integration
@@ -38,8 +38,8 @@ def test_a_flow_run_and_its_mlflow_run_link_to_each_other(settings: HalSettings)
                 flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
             )
         )
-    links = [a for a in artifacts if a.type == "link"]
-    assert len(links) == 1 and run_id in str(links[0].data)
+    links = [a for a in artifacts if run_id in str(a.data)]  # stored as a markdown link
+    assert len(links) == 1
 
 
 def test_a_run_left_running_by_a_killed_process_is_closed_by_the_next(settings: HalSettings):
@@ -70,17 +70,3 @@ def test_a_live_run_of_another_process_is_left_alone(settings: HalSettings):
         with tracking.stage_run("inner", "hal-test-live", settings, outer.info.run_id):
             pass
         assert MlflowClient().get_run(outer.info.run_id).info.status == "RUNNING"
-
-
-def test_a_home_that_cannot_be_written_is_a_clear_error_naming_the_folder(tmp_path):
-    with pytest.raises(HomeNotWritableError, match=r"HAL_HOME /proc/hal-home: cannot create it"):
-        HalSettings(home="/proc/hal-home").resolved_tracking_uri()
-    home = tmp_path / "home"
-    home.mkdir()
-    home.chmod(0o500)
-    try:
-        if os.geteuid() != 0:  # root writes anywhere: the /proc case above stands for it
-            with pytest.raises(HomeNotWritableError, match=rf"HAL_HOME {home} is not writable"):
-                HalSettings(home=home).resolved_tracking_uri()
-    finally:
-        home.chmod(0o700)
