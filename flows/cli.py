@@ -310,7 +310,7 @@ def evaluate_command(
             seed=seed,
         )
     )
-    typer.echo(json.dumps(evaluate(params), indent=2))
+    typer.echo(json.dumps(evaluate(params).model_dump(mode="json"), indent=2))
 
 
 @app.command()
