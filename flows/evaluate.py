@@ -10,9 +10,19 @@ Two inputs:
   judge; the evaluated checkpoint is registered as ``hal-policy`` and ``@champion`` moves only
   when the promotion rule holds (hal_core.evaluation.decide_champion).
 
-hal evaluate                                   # aligned_outputs/*, recorded ratings, paper w
-hal evaluate --model Llama-3.2-1B-Instruct --pairwise-csv pairs.csv
-hal evaluate --recipe evaluate-policy.yaml     # generated_files, judge, second_judge, policy
+    hal evaluate                                # aligned_outputs/*, recorded ratings, paper w
+    hal evaluate --model Llama-3.2-1B-Instruct --pairwise-csv pairs.csv
+    hal evaluate --recipe evaluate-policy.yaml  # a trained policy, e.g.:
+
+    # evaluate-policy.yaml
+    generated_files: [.hal/generated/base.csv, .hal/generated/epoch-1.csv]
+    judge: {backend: local, model_path: .hal/local_judges/<hal32q run id>}
+    questionnaire: questionnaires/hal32q.json
+    reward: models:/hal-reward@champion
+    second_judge: {backend: local, model_path: .hal/local_judges/<hal16q run id>}
+    second_questionnaire: questionnaires/hal16q_published.json
+    second_reward: hal16_weights_paper.json
+    policy: {checkpoints_dir: .hal/training/adapters}   # <dir>/<checkpoint>/ is registered
 """
 
 from __future__ import annotations
@@ -279,7 +289,14 @@ def load_scoring(questionnaire: str, reward: str, settings: HalSettings, name: s
     inputs = {f"{name}questionnaire": questionnaire_path}
     if reward_path is not None:
         inputs[f"{name}reward"] = reward_path
-    return Scoring(loaded, load_evaluation_reward(reward, reward_path, loaded), inputs)
+    scored_by = load_evaluation_reward(reward, reward_path, loaded)
+    missing = [t for t in scored_by.reward.trait_ids if t not in loaded.trait_ids]
+    if missing:
+        raise ValueError(
+            f"{reward_path or reward}: the reward needs traits {missing} that "
+            f"{questionnaire_path} does not ask (rule: a reward scores its judge's traits)"
+        )
+    return Scoring(loaded, scored_by, inputs)
 
 
 def read_inputs(
@@ -289,7 +306,7 @@ def read_inputs(
     if params.generated_files:
         paths = [settings.input_path(name) for name in params.generated_files]
         responses = read_generated_files(paths, params.base_epoch)
-        return responses, {f"generated.{p.name}": p for p in paths}, paths
+        return responses, {f"generated.{k}.{p.name}": p for k, p in enumerate(paths)}, paths
     files = find_response_files(settings.input_path(params.responses_dir), params.models or None)
     inputs = {f"responses.{f.model}.e{f.epoch:02d}": f.path for f in files}
     return read_response_files(files), inputs, []

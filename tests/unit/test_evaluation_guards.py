@@ -286,3 +286,29 @@ def test_out_of_domain_flags_give_a_share_per_epoch_when_a_judge_reports_them() 
     plain = {k: RatingResult(item_id=k, ratings={"t01": 3.0}) for k in results}
     silent = judged_ratings(RatingRun(list(plain), plain, RatingStats(), "fp", "v"), ["t01"], index)
     assert out_of_domain_fractions(silent, responses) == {}  # never said: no share
+
+
+def test_generated_mode_parameters_need_a_judge_config_and_a_checkpoints_folder() -> None:
+    from pydantic import ValidationError
+
+    from flows.evaluate import EvaluateParams, PolicyRegistration
+
+    local = {"backend": "local", "model_path": "judge"}
+    with pytest.raises(ValidationError, match="generated_files need a judge config"):
+        EvaluateParams(generated_files=["e0.csv"])
+    with pytest.raises(ValidationError, match=r"policy\.checkpoints_dir must name"):
+        EvaluateParams(generated_files=["e0.csv"], judge=local)
+    unregistered = EvaluateParams(
+        generated_files=["e0.csv"], judge=local, policy=PolicyRegistration(register_as=None)
+    )
+    assert unregistered.policy.alias == "champion" and unregistered.guards == GuardThresholds()
+    assert EvaluateParams().judge == "recorded"  # published responses replay their ratings
+    roundtrip = EvaluateParams.model_validate(
+        EvaluateParams(
+            generated_files=["e0.csv"],
+            judge=local,
+            second_judge=local,
+            policy=PolicyRegistration(checkpoints_dir="adapters"),
+        ).model_dump(mode="json")
+    )
+    assert roundtrip.second_judge.backend == "local" and roundtrip.judge.model_path == "judge"
