@@ -44,6 +44,7 @@ from hal_core.evaluation import (
     GuardThresholds,
     JudgedRatings,
     PromotionDecision,
+    before_after_examples,
     check_guards,
     checkpoint_of,
     decide_champion,
@@ -52,7 +53,6 @@ from hal_core.evaluation import (
     judged_ratings,
     load_rating_questionnaire,
     out_of_domain_fractions,
-    pick_before_after,
     rated_rows,
     replayed_ratings,
     score_table,
@@ -73,6 +73,7 @@ from tasks.evaluation import (
     log_generated_tables,
     log_guards,
     log_json_report,
+    log_out_of_domain,
     log_pairwise,
     log_scores,
     log_stored_score_check,
@@ -563,8 +564,9 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
         report = report_epochs(judged.report, params)
         log_judge(run_id, "judge.", judged, params.judge)
         log_scores(run_id, report, "hl", report.best_epoch, per_model)
+        log_evaluation(run_id, report, judged.ratings.failures, per_model)
         ood = out_of_domain_fractions(judged.ratings, responses)
-        log_evaluation(run_id, report, judged.ratings.failures, per_model, ood)
+        log_out_of_domain(run_id, "judge.", ood, per_model)
         if params.stored_score_column and params.stored_score_column in responses.columns:
             check = stored_score_check(responses, judged.scored, params.stored_score_column)
             log_stored_score_check(run_id, check)
@@ -587,19 +589,16 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
             )
             log_judge(run_id, "second_judge.", second, params.second_judge)
             log_scores(run_id, second.report, "second_judge.hl", report.best_epoch, per_model)
+            ood = out_of_domain_fractions(second.ratings, responses)
+            log_out_of_domain(run_id, "second_judge.", ood, per_model)
 
         # A trained policy: guards, decision, registration; before/after examples.
         policy = PolicyOutcome()
         if params.generated_files:
             policy = evaluate_policy(run_id, params, responses, judged, report, second)
-        examples = [
-            example
-            for model, epoch in sorted(report.best_epoch.items())
-            if epoch != params.base_epoch
-            for example in pick_before_after(
-                responses, judged.scored, model, params.base_epoch, epoch
-            )
-        ]
+        examples = before_after_examples(
+            responses, judged.scored, report.best_epoch, params.base_epoch
+        )
         log_examples(run_id, examples)
 
         result = evaluation_result(run_id, params, responses, judged, report, by_id, second, policy)

@@ -980,6 +980,18 @@ def pick_before_after(
     return picks
 
 
+def before_after_examples(
+    responses: pd.DataFrame, scored: pd.DataFrame, epochs: Mapping[str, int], base_epoch: int
+) -> list[BeforeAfter]:
+    """:func:`pick_before_after` for every model whose reported epoch is not the base."""
+    return [
+        example
+        for model, epoch in sorted(epochs.items())
+        if epoch != base_epoch
+        for example in pick_before_after(responses, scored, model, base_epoch, epoch)
+    ]
+
+
 def _fenced(text: str) -> list[str]:
     fence = "````" if "```" in text else "```"
     return [f"{fence}text", text, fence]

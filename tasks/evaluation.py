@@ -156,29 +156,38 @@ def log_scores(
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_evaluation(
-    run_id: str,
-    report: EvaluationReport,
-    failures: list[dict],
-    per_model: bool = True,
-    out_of_domain: Mapping[tuple[str, int], float] | None = None,
+    run_id: str, report: EvaluationReport, failures: list[dict], per_model: bool = True
 ) -> None:
-    """Log trait shifts (step = epoch), best epochs, failures, the out-of-domain share and the
-    per-epoch tables to the MLflow run."""
-    entries = [
-        (_key(row.model, f"shift.{row.trait_id}", per_model), row.shift, row.epoch)
-        for row in report.shifts.itertuples(index=False)
-    ]
-    entries += [
-        (_key(model, "judge.ood_fraction", per_model), value, epoch)
-        for (model, epoch), value in (out_of_domain or {}).items()
-    ]
-    _log_stepped_metrics(run_id, entries)
+    """Log trait shifts (step = epoch), best epochs, failures and the per-epoch tables to the
+    MLflow run."""
+    _log_stepped_metrics(
+        run_id,
+        [
+            (_key(row.model, f"shift.{row.trait_id}", per_model), row.shift, row.epoch)
+            for row in report.shifts.itertuples(index=False)
+        ],
+    )
     final = {_key(m, "best_epoch", per_model): e for m, e in report.best_epoch.items()}
     final["rating.failed"] = len(failures)
     log_metrics(run_id, final)
     client = MlflowClient()
     client.log_text(run_id, report.summary.to_csv(index=False), "evaluation/summary.csv")
     client.log_text(run_id, report.shifts.to_csv(index=False), "evaluation/trait_shifts.csv")
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_out_of_domain(
+    run_id: str, prefix: str, fractions: Mapping[tuple[str, int], float], per_model: bool = True
+) -> None:
+    """Log a judge's out-of-domain share per epoch (``<prefix>ood_fraction``, step = epoch);
+    nothing when the judge never says."""
+    _log_stepped_metrics(
+        run_id,
+        [
+            (_key(model, f"{prefix}ood_fraction", per_model), value, epoch)
+            for (model, epoch), value in fractions.items()
+        ],
+    )
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
