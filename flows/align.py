@@ -13,7 +13,6 @@ the same output folder); ``force_fresh_start`` starts over.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.generation import SamplingSettings
-from hal_core.judges import JudgeConfig
+from hal_core.judges import JudgeConfig, ratings_table
 from hal_core.preferences import PairingConfig
+from hal_core.scoring import hl_scores
 from hal_core.settings import PROJECT_ROOT, HalSettings, get_settings
 from tasks import tracking
+from tasks.scoring import load_reward
 from tasks.training import (
     PairsArtifact,
     TrainingLaunch,
@@ -158,17 +159,11 @@ def build_scorer(params: AlignParams, settings: HalSettings):
     """HL scores: the judge rates each candidate through the rating cache (a rerun asks only
     for what is missing; the API key comes from the environment or a Prefect Secret block),
     and the reward weighs the ratings by trait id."""
-    from hal_core.preferences import hl_from_results
     from hal_core.questionnaire import Questionnaire
-    from hal_core.reward import HLReward
     from tasks.rating import rate_with_judge
 
-    reward_path = settings.data_path(params.reward_file)
-    payload = json.loads(Path(reward_path).read_text())
-    reward = (
-        HLReward.from_paper_weights(reward_path) if "w" in payload else HLReward.load(reward_path)
-    )
-    questionnaire = Questionnaire.load(settings.data_path(params.questionnaire_file))
+    reward = load_reward(params.reward_file, settings)
+    questionnaire = Questionnaire.load(settings.input_path(params.questionnaire_file))
     needed = questionnaire.subset(list(reward.trait_ids), name=f"{questionnaire.name}-reward")
 
     def score(candidates: pd.DataFrame) -> pd.DataFrame:
@@ -180,8 +175,8 @@ def build_scorer(params: AlignParams, settings: HalSettings):
             settings.home_dir / "cache" / "ratings.sqlite",
             data_dir=settings.data_dir,
         )
-        results = [rating.result_for_row(row) for row in range(len(candidates))]
-        return hl_from_results(results, reward, candidates.index)
+        table = ratings_table(rating, needed).set_axis(candidates.index)
+        return hl_scores(table, reward)
 
     return score
 

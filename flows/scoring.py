@@ -1,42 +1,70 @@
-"""Scoring a ratings file with a reward given as JSON or as a registered MLflow model."""
+"""Flow ``score_ratings``: a ratings file and a reward -> the file with an ``hl`` column.
+
+hal score ratings.csv                                      # models:/hal-reward@champion
+hal score ratings.csv --reward reward.json
+hal score rated.csv --list-column likert_evaluation --questionnaire questionnaires/hal32q.json
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
 
-import pandas as pd
-
-from hal_core.questionnaire import Questionnaire
-from hal_core.reward import HLReward
+from hal_core.scoring import HL_COLUMN, hl_scores
 from hal_core.settings import get_settings
-from hal_core.tables import ratings_by_position, read_table
-from tasks.tracking import configure_tracking
+from tasks.scoring import load_reward, read_ratings, save_scores
 
 
-def score_file(
-    ratings_path: Path,
-    reward_ref: str,
-    output: Path | None = None,
-    list_column: str | None = None,
-    questionnaire_path: Path | None = None,
-) -> Path:
-    """Write ``ratings_path`` with an ``hl`` column next to it (or to ``output``)."""
-    table = read_table(ratings_path)
-    if list_column:
-        if questionnaire_path is None:
-            raise ValueError("--list-column needs --questionnaire to map positions to trait ids")
-        questionnaire = Questionnaire.load(questionnaire_path)
-        features = ratings_by_position(table, list_column, questionnaire)
-    else:
-        features = table
-    if reward_ref.startswith(("models:/", "runs:/")):
-        import mlflow
+class ScoreParams(BaseModel):
+    """What to score with which reward."""
 
-        configure_tracking(get_settings())
-        scores = mlflow.pyfunc.load_model(reward_ref).predict(features)
-    else:
-        scores = HLReward.load(reward_ref).score(features)
-    table["hl"] = pd.Series(scores, index=table.index).to_numpy()
-    output = output or ratings_path.with_name(f"{ratings_path.stem}.scored.csv")
-    table.drop(columns=["_row"]).to_csv(output, index=False)
-    return output
+    model_config = ConfigDict(extra="forbid")
+
+    ratings_file: str = Field(description="CSV with one column per trait id (or a list column).")
+    reward: str = Field(
+        default="models:/hal-reward@champion",
+        description="Reward JSON (weights by trait id), the paper's {w, b} file, or an MLflow "
+        "model URI.",
+    )
+    list_column: str | None = Field(
+        default=None, description="Column of rating lists to expand in the questionnaire's order."
+    )
+    questionnaire: str | None = Field(
+        default=None, description="Questionnaire JSON that orders the list column's ratings."
+    )
+    output_file: str | None = Field(
+        default=None, description="Scored CSV; default <ratings>.scored.csv beside the input."
+    )
+
+
+class ScoreResult(BaseModel):
+    output_file: str
+    rows: int
+    scored: int
+    hl_mean: float | None
+    reward_version: str
+
+
+@flow(name="score_ratings")
+def score_ratings(params: ScoreParams) -> ScoreResult:
+    """Score every rated row by trait id; a bad rating fails naming its row and column."""
+    settings = get_settings()
+    reward = load_reward(params.reward, settings)
+    path = settings.input_path(params.ratings_file)
+    questionnaire = settings.input_path(params.questionnaire) if params.questionnaire else None
+    table, ratings = read_ratings(path, params.list_column, questionnaire)
+    scores = hl_scores(ratings, reward)
+    output = (
+        settings.input_path(params.output_file)
+        if params.output_file
+        else (path.with_name(f"{path.stem}.scored.csv"))
+    )
+    written = save_scores(table, scores, output)
+    hl = scores[HL_COLUMN].dropna()
+    return ScoreResult(
+        output_file=str(written),
+        rows=len(scores),
+        scored=len(hl),
+        hl_mean=float(hl.mean()) if len(hl) else None,
+        reward_version=reward.version,
+    )

@@ -212,3 +212,25 @@ def rated_turns(text: str, tags: SpeakerTags) -> list[str]:
 
 def has_rated_speaker(text: str, tags: SpeakerTags) -> bool:
     return bool(rated_turns(text, tags))
+
+
+def chat_messages(
+    transcript: str, tags: SpeakerTags, system: str | None = None
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """A transcript as chat messages for training the rated speaker: ``(prompt, completion)``.
+
+    The rated speaker is the ``assistant`` and everyone else the ``user``. The prompt is the
+    optional ``system`` message and the turns before the rated speaker's first one; the
+    completion is the rest. Raises :class:`UnparseableDialogueError` when no turn is rated.
+    """
+    parsed = parse_dialogue(transcript, tags)
+    if not parsed.ok:
+        raise UnparseableDialogueError(parsed.error)
+    messages = [
+        {"role": "assistant" if turn.rated else "user", "content": turn.text}
+        for turn in parsed.turns
+        if turn.text
+    ]
+    first = next(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    prompt = ([{"role": "system", "content": system}] if system else []) + messages[:first]
+    return prompt, messages[first:]

@@ -214,42 +214,6 @@ Scorer = Callable[[pd.DataFrame], pd.DataFrame]
 """Scores candidates: returns ``hl`` (NaN when not scored) and ``score_error`` per row."""
 
 
-def judge_scorer(judge, questionnaire, reward, tags) -> Scorer:
-    """HL scores from a judge's trait ratings and a reward that weighs them by trait id.
-
-    ``judge`` follows :class:`hal_core.judging.Judge`; ``reward`` has ``trait_ids`` and
-    ``score(frame_of_trait_columns)`` (as :class:`hal_core.reward.HLReward`). Only the traits
-    the reward uses are asked for.
-    """
-    needed = questionnaire.subset(list(reward.trait_ids), name=f"{questionnaire.name}-reward")
-
-    def score(candidates: pd.DataFrame) -> pd.DataFrame:
-        results = judge.rate(
-            candidates["response"].astype(str).tolist(),
-            needed,
-            tags,
-            item_ids=candidates["candidate_id"].astype(str).tolist(),
-        )
-        return hl_from_results(results, reward, candidates.index)
-
-    return score
-
-
-def hl_from_results(results: Sequence, reward, index: pd.Index) -> pd.DataFrame:
-    """``hl`` per judge result (by trait id through ``reward``) and ``score_error`` where the
-    judge gave no ratings; one row per result, in order, on ``index``."""
-    hl = np.full(len(results), np.nan)
-    errors: list[str | None] = [None] * len(results)
-    rated = [i for i, result in enumerate(results) if result.ok]
-    for i, result in enumerate(results):
-        if not result.ok:
-            errors[i] = result.error or "judge returned no ratings"
-    if rated:
-        ratings = pd.DataFrame([results[i].ratings for i in rated])
-        hl[rated] = reward.score(ratings)
-    return pd.DataFrame({"hl": hl, "score_error": errors}, index=index)
-
-
 def attach_scores(
     candidates: pd.DataFrame,
     scores: pd.DataFrame,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
@@ -18,6 +20,10 @@ _DATA_HINT = (
 
 class DataDirNotFoundError(FileNotFoundError):
     """Raised when no HAL data folder can be located."""
+
+
+class HomeNotWritableError(PermissionError):
+    """HAL_HOME cannot be created or written."""
 
 
 def _default_data_dir() -> Path | None:
@@ -54,6 +60,10 @@ class HalSettings(BaseSettings):
     experiment_alignment: str = Field(default="hal-alignment", description="MLflow experiment.")
     experiment_evaluation: str = Field(default="hal-evaluation", description="MLflow experiment.")
     experiment_pipeline: str = Field(default="hal-pipeline", description="MLflow experiment.")
+    mlflow_ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="MLflow UI serving a local store (`hal serve`), for links (HAL_MLFLOW_UI_URL).",
+    )
 
     def require_data_dir(self) -> Path:
         """The data folder, or a clear error saying how to provide it."""
@@ -74,13 +84,23 @@ class HalSettings(BaseSettings):
 
     @property
     def home_dir(self) -> Path:
+        """HAL_HOME, created; a clear error when it cannot be written."""
         path = Path(self.home).resolve()
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise HomeNotWritableError(f"HAL_HOME {path}: cannot create it ({error})") from error
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            raise HomeNotWritableError(
+                f"HAL_HOME {path} is not writable ({error.strerror}): hal keeps its MLflow store, "
+                "caches and outputs there; set HAL_HOME to a writable folder"
+            ) from error
         return path
 
     def resolved_tracking_uri(self) -> str:
-        import os
-
         if self.tracking_uri:
             return self.tracking_uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -90,6 +110,22 @@ class HalSettings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.home_dir / "mlartifacts"
+
+
+PROCESS_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",  # models ship in packages or folders; nothing comes from a hub
+    "TOKENIZERS_PARALLELISM": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    # A local ephemeral Prefect API on a busy 2-core machine can start slower than the default.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
+def apply_process_defaults() -> None:
+    """Environment defaults for a hal process (a variable already set wins). Called where a
+    process starts work: the CLI and every stage run; never at import."""
+    for name, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def get_settings() -> HalSettings:

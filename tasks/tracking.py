@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -11,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import mlflow
+import psutil
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from pydantic import Field
 
-from hal_core.settings import HalSettings
+from hal_core.settings import HalSettings, apply_process_defaults
 from hal_core.tables import file_sha256
 
 ParentRunId = Annotated[
@@ -53,21 +56,88 @@ def stage_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run named after the flow; nested under ``parent_run_id`` when given."""
+    """An MLflow run named after the flow; nested under ``parent_run_id`` when given.
+
+    The run is tagged with its stage, its process and, inside a Prefect flow run, that flow
+    run's id and UI link; the flow run gets a link artifact back to the MLflow run. Runs of
+    this experiment left RUNNING by a process that no longer exists are closed as KILLED first.
+    """
+    apply_process_defaults()
     configure_tracking(settings)
     if parent_run_id:
         parent = MlflowClient().get_run(parent_run_id)
         experiment_id = parent.info.experiment_id
     else:
         experiment_id = ensure_experiment(experiment, settings)
+    close_stale_runs(experiment_id)
     with mlflow.start_run(
         run_name=run_name,
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         nested=parent_run_id is not None,
-        tags=dict(tags or {}),
+        tags={**run_tags(run_name), **dict(tags or {})},
     ) as run:
+        link_prefect_to_mlflow(run, settings)
         yield run
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Stage, process and, inside a Prefect flow run, its id and UI link."""
+    from prefect.runtime import flow_run
+
+    tags = {"hal.stage": stage, "hal.host": socket.gethostname(), "hal.pid": str(os.getpid())}
+    if flow_run.id:
+        tags["prefect.flow_run_id"] = str(flow_run.id)
+        tags["prefect.flow_run_name"] = str(flow_run.name)
+        if flow_run.ui_url:
+            tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+def mlflow_run_url(run: mlflow.ActiveRun, settings: HalSettings) -> str:
+    """The run's page in the MLflow UI (``HAL_MLFLOW_UI_URL`` for a local store)."""
+    uri = settings.resolved_tracking_uri()
+    base = uri if uri.startswith(("http://", "https://")) else settings.mlflow_ui_url
+    return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+def link_prefect_to_mlflow(run: mlflow.ActiveRun, settings: HalSettings) -> None:
+    """Inside a Prefect flow run: a link artifact to the MLflow run, and the URL in the log."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.context import FlowRunContext
+    from prefect.logging import get_run_logger
+
+    url = mlflow_run_url(run, settings)
+    mlflow.set_tag("hal.mlflow_run_url", url)
+    if FlowRunContext.get() is None:
+        return
+    get_run_logger().info("MLflow run %s: %s", run.info.run_id, url)
+    create_link_artifact(
+        link=url,
+        link_text=f"MLflow run {run.info.run_name} ({run.info.run_id[:8]})",
+        description=f"The MLflow run of this flow run (experiment {run.info.experiment_id}).",
+    )
+
+
+def close_stale_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process is gone (a SIGKILLed command)."""
+    client = MlflowClient()
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500
+    ):
+        tags = run.data.tags
+        if tags.get("hal.host") != host or not tags.get("hal.pid", "").isdigit():
+            continue
+        pid = int(tags["hal.pid"])
+        started = run.info.start_time / 1000
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).create_time() <= started + 1
+        if not alive:
+            client.set_tag(run.info.run_id, "hal.closed_reason", f"process {pid} is gone")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def input_hashes(paths: Mapping[str, str | Path]) -> dict[str, str]:

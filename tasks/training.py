@@ -1,7 +1,7 @@
 """Prefect tasks of the alignment stage: candidates, preference pairs, and DPO training.
 
 Training runs in its own processes, started with ``accelerate launch`` on
-``flows/train_dpo.py``; it is never imported here. Its output is streamed to the Prefect
+``scripts/train_dpo.py``; it is never imported here. Its output is streamed to the Prefect
 logger and to a log file, and a failed run fails the task with the tail of that log.
 """
 
@@ -35,12 +35,9 @@ from hal_core.preferences import PairingConfig, PreferencePairs
 from hal_core.settings import PROJECT_ROOT, HalSettings
 from hal_core.tables import ROW_COLUMN, read_table
 from hal_core.tiny_model import TINY_MODEL_NAME, resolve_policy_model, synthlabs_corpus
+from hal_core.training import PARENT_RUN_ENV, TRAIN_SCRIPT, complete_checkpoints, recorded_run_id
 from tasks import tracking
 
-TRAIN_SCRIPT = "flows/train_dpo.py"
-RUN_RECORD = "hal_mlflow_run.json"
-"""Where flows/train_dpo.py records its MLflow run id inside ``output_dir``."""
-PARENT_RUN_ENV = "HAL_MLFLOW_PARENT_RUN_ID"
 TAIL_LINES = 60
 
 
@@ -80,13 +77,24 @@ class TrainingLaunch(BaseModel):
     fresh_start: bool = False
 
 
+class EpochCheckpoint(BaseModel):
+    """A checkpoint saved at the end of an epoch: a LoRA adapter folder."""
+
+    epoch: int
+    step: int
+    path: str
+
+
 class TrainingOutcome(BaseModel):
-    """Where training wrote its results and which MLflow run holds them."""
+    """Where training wrote its results, its epoch checkpoints and the MLflow run holding them."""
 
     output_dir: str
     log_file: str
     run_id: str | None
     command: str
+    checkpoints: list[EpochCheckpoint] = Field(
+        default_factory=list, description="Checkpoints that end an epoch, oldest first."
+    )
 
 
 # -- candidates and scores ---------------------------------------------------------------------
@@ -270,11 +278,11 @@ def prepare_policy_model(
 
 
 def _override_arguments(overrides: dict[str, Any]) -> list[str]:
-    arguments = []
-    for key, value in overrides.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        arguments += [f"--{key}", text]
-    return arguments
+    """``--key=value`` (the ``=`` keeps a negative number from reading as an option)."""
+    return [
+        f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in overrides.items()
+    ]
 
 
 def _recipe_arguments(launch: TrainingLaunch) -> list[str]:
@@ -326,7 +334,7 @@ def free_port() -> int:
 
 
 def launch_command(launch: TrainingLaunch, port: int | None = None) -> list[str]:
-    """``accelerate launch --config_file infra/accelerate/<cfg>.yaml ... flows/train_dpo.py``."""
+    """``accelerate launch --config_file infra/accelerate/<cfg>.yaml ... scripts/train_dpo.py``."""
     config = PROJECT_ROOT / "infra" / "accelerate" / f"{launch.accelerate_config}.yaml"
     if not config.is_file():
         known = sorted(p.stem for p in config.parent.glob("*.yaml"))
@@ -412,10 +420,17 @@ def launch_training(launch: TrainingLaunch, settings: HalSettings) -> TrainingOu
             f"training exited with code {returncode} (log: {log_path}); last lines:\n"
             + "\n".join(tail)
         )
-    record = Path(launch.output_dir) / RUN_RECORD
-    run_id = json.loads(record.read_text())["run_id"] if record.is_file() else None
+    checkpoints = [
+        EpochCheckpoint(epoch=round(c.epoch), step=c.step, path=str(c.path))
+        for c in complete_checkpoints(launch.output_dir)
+        if abs(c.epoch - round(c.epoch)) < 1e-6 and round(c.epoch) > 0
+    ]
     return TrainingOutcome(
-        output_dir=launch.output_dir, log_file=str(log_path), run_id=run_id, command=command
+        output_dir=launch.output_dir,
+        log_file=str(log_path),
+        run_id=recorded_run_id(launch.output_dir),
+        command=command,
+        checkpoints=checkpoints,
     )
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hal_core.settings import HalSettings
+from hal_core.settings import HalSettings, apply_process_defaults
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+apply_process_defaults()
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")

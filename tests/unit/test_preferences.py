@@ -14,7 +14,6 @@ from hal_core.preferences import (
     PreferenceError,
     attach_scores,
     build_pairs,
-    judge_scorer,
     split_by_prompt,
     to_dataset_dict,
 )
@@ -149,35 +148,3 @@ def test_attach_scores_joins_by_id_and_records_misses():
     assert np.isnan(scored["hl"].tolist()[0])
     assert scored["score_error"].tolist()[0] == "no score in s.csv"
     assert pd.isna(scored["score_error"].tolist()[1])
-
-
-def test_judge_scorer_weighs_ratings_by_trait_id_and_keeps_failures():
-    from hal_core.judging import RatingResult
-    from hal_core.questionnaire import Questionnaire, Trait
-    from hal_core.reward import HLReward
-
-    questionnaire = Questionnaire(
-        name="q", traits=(Trait(id="t01", text="a"), Trait(id="t02", text="b"))
-    )
-
-    class TwoTraitJudge:
-        def fingerprint(self) -> str:
-            return "fixed"
-
-        def rate(self, dialogues, questionnaire, tags, item_ids=None):
-            assert questionnaire.trait_ids == ["t02", "t01"]
-            return [
-                RatingResult(item_id=i, ratings={"t01": 1.0, "t02": 5.0})
-                if "ok" in d
-                else RatingResult(item_id=i, error="unparseable")
-                for d, i in zip(dialogues, item_ids, strict=True)
-            ]
-
-    reward = HLReward(weights={"t02": 2.0, "t01": -1.0}, bias=0.5)
-    frame = table([("p", "a", 0.0), ("p", "b", 0.0)])
-    frame["response"] = ["ok dialogue", "garbled"]
-    result = judge_scorer(TwoTraitJudge(), questionnaire, reward, SpeakerTags.doctor_visit())(frame)
-    assert result["hl"].tolist()[0] == pytest.approx(2.0 * 5 - 1.0 * 1 + 0.5)
-    assert np.isnan(result["hl"].tolist()[1])
-    assert pd.isna(result["score_error"].tolist()[0])
-    assert result["score_error"].tolist()[1] == "unparseable"
