@@ -64,7 +64,6 @@ from hal_core.pairwise import evaluate_pairwise, read_judgements
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings, get_settings
 from tasks.evaluation import (
-    MODEL_URI_PREFIXES,
     find_response_files,
     load_evaluation_reward,
     log_evaluation,
@@ -83,9 +82,9 @@ from tasks.evaluation import (
     register_policy,
 )
 from tasks.rating import judge_params, rate_with_judge, rating_metrics
+from tasks.scoring import MLFLOW_SCHEMES
 from tasks.tracking import (
     ParentRunId,
-    configure_tracking,
     input_hashes,
     log_metrics,
     log_params,
@@ -266,6 +265,7 @@ class Judged:
     report: EvaluationReport
     metrics: dict[str, float]
     fingerprint: str | None
+    scale: tuple[int, int]
 
 
 @dataclasses.dataclass
@@ -282,19 +282,14 @@ def load_scoring(questionnaire: str, reward: str, settings: HalSettings, name: s
     """Read a questionnaire and its reward (file or registered model); name the input files."""
     questionnaire_path = settings.input_path(questionnaire)
     loaded = load_rating_questionnaire(questionnaire_path)
-    reward_path = None
-    if reward.startswith(MODEL_URI_PREFIXES):
-        configure_tracking(settings)
-    else:
-        reward_path = settings.input_path(reward)
     inputs = {f"{name}questionnaire": questionnaire_path}
-    if reward_path is not None:
-        inputs[f"{name}reward"] = reward_path
-    scored_by = load_evaluation_reward(reward, reward_path, loaded)
+    if not reward.startswith(MLFLOW_SCHEMES):
+        inputs[f"{name}reward"] = settings.input_path(reward)
+    scored_by = load_evaluation_reward(reward, settings, loaded)
     missing = [t for t in scored_by.reward.trait_ids if t not in loaded.trait_ids]
     if missing:
         raise ValueError(
-            f"{reward_path or reward}: the reward needs traits {missing} that "
+            f"{inputs.get(f'{name}reward', reward)}: the reward needs traits {missing} that "
             f"{questionnaire_path} does not ask (rule: a reward scores its judge's traits)"
         )
     return Scoring(loaded, scored_by, inputs)
@@ -339,11 +334,12 @@ def judge_responses(
         )
         metrics, fingerprint = rating_metrics(run, judge), run.fingerprint
         ratings = judged_ratings(run, scoring.questionnaire.trait_ids, rows)
-    scored = score_table(responses, ratings.ratings, scoring.reward.reward)
+    scale = (scoring.questionnaire.scale.min, scoring.questionnaire.scale.max)
+    scored = score_table(responses, ratings.ratings, scoring.reward.reward, scale)
     report = evaluate_scores(
         scored, scoring.questionnaire.trait_ids, params.base_epoch, params.confidence
     )
-    return Judged(ratings, scored, report, metrics, fingerprint)
+    return Judged(ratings, scored, report, metrics, fingerprint, scale)
 
 
 def report_epochs(report: EvaluationReport, params: EvaluateParams) -> EvaluationReport:
@@ -575,7 +571,9 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
         by_id = None
         if primary.reward.by_id is not None:
             log_scores(run_id, report, "hl.paper_compatible", report.best_epoch, per_model)
-            by_id_scored = score_table(responses, judged.ratings.ratings, primary.reward.by_id)
+            by_id_scored = score_table(
+                responses, judged.ratings.ratings, primary.reward.by_id, judged.scale
+            )
             by_id = evaluate_scores(
                 by_id_scored, primary.questionnaire.trait_ids, params.base_epoch, params.confidence
             )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -42,12 +41,12 @@ from hal_core.paper import (
     PaperWeights,
     WeightReading,
     is_hal16q_published,
-    is_paper_weights,
     load_hal16q_published,
-    load_paper_weights,
 )
 from hal_core.questionnaire import Questionnaire
 from hal_core.reward import HLReward
+from hal_core.scoring import HL_COLUMN as SCORE_HL_COLUMN
+from hal_core.scoring import hl_scores
 from hal_core.tables import ROW_COLUMN, TableError, ratings_by_position, read_table
 
 EPOCH_FILE_PATTERN = re.compile(r"^samples_epoch_(\d+)_.*\.csv$")
@@ -91,35 +90,22 @@ class EvaluationReward:
     explanation: str = ""
 
 
-def load_reward(path: str | Path, questionnaire: Questionnaire) -> EvaluationReward:
-    """A reward file: ``{weights: {id: w}, bias}``, or the paper's ``{w, b}``.
+def reward_readings(
+    reward: HLReward, questionnaire: Questionnaire, paper: PaperWeights | None = None
+) -> EvaluationReward:
+    """The reward an evaluation scores with.
 
-    The paper's weights on the published HAL16Q give the paper-compatible score and the by-id
-    corrected score; on any other questionnaire they are read by the ids they were fitted on.
+    ``paper`` (the published weights ``reward`` was read from, if it was) on the published
+    HAL16Q gives the paper-compatible score with the by-id corrected score beside it; any other
+    reward scores by trait id as it is.
     """
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not is_paper_weights(payload):
-        return EvaluationReward(HLReward.from_dict(payload, source=str(path)))
-    paper = load_paper_weights(path)
-    if set(questionnaire.trait_ids) == set(HAL16Q_PUBLISHED_TRAIT_IDS):
-        shared = paper.weights("shared")
-        return EvaluationReward(
-            reward=_paper_reward(paper, "paper_compatible"),
-            by_id=_paper_reward(paper, "shared"),
-            explanation=BY_ID_EXPLANATION.format(n=len(shared)),
-        )
-    fitted = paper.weights("fitted")
-    missing = [t for t in fitted if t not in questionnaire.trait_ids]
-    if missing:
-        raise ValueError(
-            f"{path}: the paper's weights were fitted on traits {missing}, which questionnaire "
-            f"{questionnaire.name!r} does not rate (rule: a reward is applied by trait id)"
-        )
-    return EvaluationReward(_paper_reward(paper, "fitted"))
+    if paper is None or set(questionnaire.trait_ids) != set(HAL16Q_PUBLISHED_TRAIT_IDS):
+        return EvaluationReward(reward)
+    return EvaluationReward(
+        reward=_paper_reward(paper, "paper_compatible"),
+        by_id=_paper_reward(paper, "shared"),
+        explanation=BY_ID_EXPLANATION.format(n=len(paper.weights("shared"))),
+    )
 
 
 def _paper_reward(paper: PaperWeights, reading: WeightReading) -> HLReward:
@@ -387,12 +373,23 @@ def judged_ratings(run: RatingRun, trait_ids: Sequence[str], index: pd.Index) ->
     return JudgedRatings(ratings, failures, pd.Series(flags, index=index, dtype=object))
 
 
-def score_table(responses: pd.DataFrame, ratings: pd.DataFrame, reward: HLReward) -> pd.DataFrame:
-    """``model``, ``epoch``, ``prompt_id``, ``hl`` and the trait ratings, for rated rows only."""
+def score_table(
+    responses: pd.DataFrame,
+    ratings: pd.DataFrame,
+    reward: HLReward,
+    scale: tuple[int, int] = (1, 5),
+) -> pd.DataFrame:
+    """``model``, ``epoch``, ``prompt_id``, ``hl`` and the trait ratings, for rated rows only
+    (scored by :func:`hal_core.scoring.hl_scores`, which checks every rating is on the scale)."""
     rated = ratings.index[ratings.notna().all(axis=1).to_numpy()]
     keep = [ROW_COLUMN, MODEL_COLUMN, EPOCH_COLUMN, PROMPT_COLUMN]
     scored = responses.loc[rated, keep].copy()
-    scored[HL_COLUMN] = reward.score(ratings.loc[rated])
+    table = ratings.loc[rated].copy()
+    table.insert(0, ROW_COLUMN, responses.loc[rated, ROW_COLUMN])
+    if SOURCE_COLUMN in responses.columns:
+        sources = sorted(responses.loc[rated, SOURCE_COLUMN].astype(str).unique())
+        table.attrs["source"] = "ratings of " + ", ".join(sources[:3])
+    scored[HL_COLUMN] = hl_scores(table, reward, scale)[SCORE_HL_COLUMN]
     return pd.concat([scored, ratings.loc[rated]], axis=1)
 
 

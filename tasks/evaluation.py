@@ -30,13 +30,15 @@ from hal_core.evaluation import (
     combine_generated,
     discover_epoch_files,
     json_safe,
-    load_reward,
     read_generated,
     read_responses,
+    reward_readings,
 )
 from hal_core.pairwise import PairwiseResult
+from hal_core.paper import is_paper_weights, load_paper_weights
 from hal_core.questionnaire import Questionnaire
-from hal_core.reward import HLReward
+from hal_core.settings import HalSettings
+from tasks.scoring import MLFLOW_SCHEMES, load_reward
 from tasks.tracking import log_figure, log_file, log_metrics, log_params
 
 COMPARE_METRICS = (
@@ -49,7 +51,6 @@ COMPARE_METRICS = (
 )
 """Metrics `hal compare` shows for each pipeline run (from the run or its stage runs)."""
 
-MODEL_URI_PREFIXES = ("models:/", "runs:/")
 POLICY_ARTIFACT_PATH = "policy"
 POLICY_DESCRIPTION = (
     "Policies aligned for human-likeness by hal (DPO + LoRA). Each version is one evaluated "
@@ -81,17 +82,19 @@ def read_generated_files(paths: Sequence[Path], base_epoch: int) -> pd.DataFrame
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def load_evaluation_reward(reference: str, path: Path | None, questionnaire: Questionnaire):
-    """The reward to score with: a JSON file, or a registered reward model (models:/, runs:/)."""
-    if reference.startswith(MODEL_URI_PREFIXES):
-        import mlflow
-
-        model = mlflow.pyfunc.load_model(reference)
-        reward = getattr(model.unwrap_python_model(), "reward", None)
-        if not isinstance(reward, HLReward):
-            raise ValueError(f"{reference}: not a hal reward model (no HL reward inside)")
-        return EvaluationReward(reward)
-    return load_reward(path, questionnaire)
+def load_evaluation_reward(
+    reference: str, settings: HalSettings, questionnaire: Questionnaire
+) -> EvaluationReward:
+    """The reward to score with, read by :func:`tasks.scoring.load_reward` (a JSON file, the
+    paper's ``{w, b}`` or a registered model); the paper's weights on the published HAL16Q
+    come as the paper-compatible score with the by-id score beside it."""
+    reward = load_reward.fn(reference, settings)
+    paper = None
+    if not reference.startswith(MLFLOW_SCHEMES):
+        path = settings.input_path(reference)
+        if is_paper_weights(json.loads(path.read_text(encoding="utf-8"))):
+            paper = load_paper_weights(path)
+    return reward_readings(reward, questionnaire, paper)
 
 
 def _key(model: str, name: str, per_model: bool) -> str:

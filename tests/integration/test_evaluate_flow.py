@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from scipy import stats
-from typer.testing import CliRunner
 
 from hal_core.paper import HAL16Q_PUBLISHED_TRAIT_IDS, PAPER_WEIGHT_TRAIT_IDS
 from hal_core.settings import HalSettings
@@ -37,7 +37,7 @@ def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.cli import app
+    from hal_cli.commands import app
 
     pairs = tmp_path / "pairs.csv"
     pd.DataFrame(
@@ -49,7 +49,7 @@ def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
         }
     ).to_csv(pairs, index=False)
 
-    # Through the CLI, which fills the flow's parameter model and runs the flow.
+    # Through the CLI, which fills the flow's parameter model, runs the flow, prints its result.
     invoked = CliRunner().invoke(app, ["evaluate", "--pairwise-csv", str(pairs), "--seed", "1"])
     assert invoked.exit_code == 0, invoked.output
     result = json.loads(invoked.stdout[invoked.stdout.index("{") :])
@@ -162,7 +162,7 @@ def test_compare_shows_pipeline_runs_with_stage_metrics_and_blanks(
 ) -> None:
     import mlflow
 
-    from flows.cli import app
+    from hal_cli.commands import app
     from tasks.tracking import configure_tracking, ensure_experiment
 
     configure_tracking(settings)

@@ -234,7 +234,17 @@ def test_a_registered_reward_model_is_read_back_as_the_reward_it_wraps(
         log_reward_model(reward, str(path), "hal-reward-evaluate-test", "champion")
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
     loaded = load_evaluation_reward.fn(
-        "models:/hal-reward-evaluate-test@champion", None, questionnaire
+        "models:/hal-reward-evaluate-test@champion", settings, questionnaire
     )
     assert dict(loaded.reward.weights) == dict(reward.weights) and loaded.by_id is None
     assert loaded.reward.version == reward.version
+
+
+def test_a_reward_needing_traits_the_questionnaire_does_not_ask_fails_before_rating(
+    settings: HalSettings, tmp_path: Path
+) -> None:
+    from flows.evaluate import load_scoring
+
+    path = HLReward({"t01": 1.0, "t32": 2.0}, bias=0.0).save(tmp_path / "hal32q-reward.json")
+    with pytest.raises(ValueError, match=r"hal32q-reward\.json: the reward needs traits \['t32'\]"):
+        load_scoring("questionnaires/hal16q_published.json", str(path), settings)

@@ -15,18 +15,24 @@ from hal_core.evaluation import (
     discover_epoch_files,
     evaluate_scores,
     load_rating_questionnaire,
-    load_reward,
     mean_ci,
     paired_t_test,
     ratings_from_results,
     read_responses,
+    reward_readings,
     score_table,
     stored_ratings,
 )
 from hal_core.judging import RatingResult
-from hal_core.paper import HAL16Q_PUBLISHED_TRAIT_IDS, PAPER_WEIGHT_TRAIT_IDS
+from hal_core.paper import HAL16Q_PUBLISHED_TRAIT_IDS, PAPER_WEIGHT_TRAIT_IDS, load_paper_weights
 from hal_core.reward import HLReward
 from hal_core.tables import TableError
+
+
+def paper_readings(data_dir: Path, questionnaire):
+    """The published weights as the scoring task reads them (fitted ids), with their readings."""
+    paper = load_paper_weights(data_dir / "hal16_weights_paper.json")
+    return reward_readings(HLReward(paper.weights("fitted"), paper.b), questionnaire, paper)
 
 
 def scored_frame() -> pd.DataFrame:
@@ -111,7 +117,7 @@ def test_published_questionnaire_pairs_14_of_16_positions_with_another_traits_we
     pairs = zip(fitted_on, questionnaire.trait_ids, strict=True)
     same = [k + 1 for k, (a, b) in enumerate(pairs) if a == b]
     assert same == [1, 7]
-    scoring = load_reward(data_dir / "hal16_weights_paper.json", questionnaire)
+    scoring = paper_readings(data_dir, questionnaire)
     payload = json.loads((data_dir / "hal16_weights_paper.json").read_text())
     # paper-compatible: w[k] on the statement at published position k
     assert list(scoring.reward.weights) == list(HAL16Q_PUBLISHED_TRAIT_IDS)
@@ -130,15 +136,12 @@ def test_paper_weights_on_hal32q_are_read_by_the_ids_they_were_fitted_on(
     from hal_core.questionnaire import Questionnaire
 
     hal32q = Questionnaire.load(data_dir / "questionnaires/hal32q.json")
-    scoring = load_reward(data_dir / "hal16_weights_paper.json", hal32q)
+    scoring = paper_readings(data_dir, hal32q)
     payload = json.loads((data_dir / "hal16_weights_paper.json").read_text())
-    assert scoring.by_id is None
+    assert scoring.by_id is None and scoring.explanation == ""
     assert dict(scoring.reward.weights) == dict(
         zip(PAPER_WEIGHT_TRAIT_IDS, payload["w"], strict=True)
     )
-    too_small = hal32q.subset(["t01", "t02"], "two traits")
-    with pytest.raises(ValueError, match=r"hal16_weights_paper\.json: .*fitted on traits"):
-        load_reward(data_dir / "hal16_weights_paper.json", too_small)
 
 
 def test_published_statement_ids_are_their_nearest_hal32q_traits(data_dir: Path) -> None:
@@ -162,7 +165,7 @@ def test_two_scores_paper_compatible_reproduces_hal16_score_and_by_id_uses_fitte
     data_dir: Path,
 ) -> None:
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
-    scoring = load_reward(data_dir / "hal16_weights_paper.json", questionnaire)
+    scoring = paper_readings(data_dir, questionnaire)
     files = discover_epoch_files(data_dir / "aligned_outputs", ["Llama-3.2-1B-Instruct"])
     assert [f.epoch for f in files] == [0, 1, 2, 3, 4, 5, 6, 8, 10]
     responses = read_responses(files[-1])
@@ -244,13 +247,21 @@ def test_judge_failures_are_recorded_not_dropped() -> None:
     assert scored.index.tolist() == [10] and scored["hl"].tolist() == [4.0]
 
 
-def test_project_reward_json_scores_by_its_trait_ids(tmp_path: Path, data_dir: Path) -> None:
+def test_a_project_reward_scores_by_its_trait_ids_without_a_second_reading(
+    data_dir: Path,
+) -> None:
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
-    path = HLReward({"t05": 2.0, "t01": -1.0}, bias=0.5).save(tmp_path / "reward.json")
-    scoring = load_reward(path, questionnaire)
-    assert scoring.by_id is None and scoring.explanation == ""
-    ratings = pd.DataFrame({"t01": [1.0, 5.0], "t05": [3.0, 1.0]})
-    assert scoring.reward.score(ratings).tolist() == [5.5, -2.5]
+    reward = HLReward({"t05": 2.0, "t01": -1.0}, bias=0.5)
+    scoring = reward_readings(reward, questionnaire)
+    assert scoring.reward is reward and scoring.by_id is None and scoring.explanation == ""
+    responses = pd.DataFrame(
+        {"_row": [1, 2], "model": "m", "epoch": 0, "prompt_id": ["a", "b"], "_source": "f.csv"}
+    )
+    ratings = pd.DataFrame({"t05": [3.0, 1.0], "t01": [1.0, 5.0]})
+    assert score_table(responses, ratings, scoring.reward)["hl"].tolist() == [5.5, -2.5]
+    off_scale = ratings.assign(t01=[1.0, 7.0])
+    with pytest.raises(ValueError, match=r"ratings of f\.csv row 2, column t01: 7\.0"):
+        score_table(responses, off_scale, scoring.reward)
 
 
 def test_a_cached_rating_run_becomes_ratings_failures_and_out_of_domain_flags(
