@@ -148,6 +148,13 @@ def test_generated_dialogues_are_scored_tested_guarded_and_the_policy_promoted(
     drift = history(client, result.run_id, "guard.words_per_turn_drift")[1]
     assert 0.2 < drift < 0.5  # casual replies are shorter, within the default limit
     assert metrics["judge.rated"] == 24 and metrics["second_judge.rated"] == 24
+    guard_values = {k: round(v, 4) for k, v in metrics.items() if k.startswith("guard.")}
+    print(
+        f"HL {curve[0]:.3f} -> {curve[1]:.3f}, gain {result.hl_gain['tiny-base']:+.3f} "
+        f"(p = {result.p_value['tiny-base']:.2g}), by-id gain "
+        f"{result.hl_by_id_gain['tiny-base']:+.3f}, second judge gain "
+        f"{result.second_judge_gain['tiny-base']:+.3f}; {guard_values}"
+    )
     assert run.data.params["judge.backend"] == "local"
     assert run.data.params["second_judge.fingerprint"].startswith("local-")
 
