@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from flows.cli import app
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from flows.align import AlignParams, AlignResult, recipe_path
+from flows.cli import app
 from hal_core.dialogue import SpeakerTags, rated_turns
 from hal_core.generation import load_candidates
 from hal_core.preferences import PairingConfig
