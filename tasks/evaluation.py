@@ -1,33 +1,45 @@
-"""Prefect tasks of the evaluation stage: read responses, rate, log results, publish summaries."""
+"""Prefect tasks of the evaluation stage: read responses, load rewards, log results, register
+the evaluated policy, publish summaries."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from hal_core.dialogue import SpeakerTags
 from hal_core.evaluation import (
     EPOCH_COLUMN,
     MODEL_COLUMN,
+    BeforeAfter,
     EpochFile,
     EvaluationReport,
+    EvaluationReward,
+    GuardReport,
+    PromotionDecision,
+    before_after_markdown,
+    combine_generated,
     discover_epoch_files,
-    ratings_from_results,
+    json_safe,
+    read_generated,
     read_responses,
-    stored_ratings,
+    reward_readings,
 )
-from hal_core.judging import Judge
 from hal_core.pairwise import PairwiseResult
+from hal_core.paper import is_paper_weights, load_paper_weights
 from hal_core.questionnaire import Questionnaire
-from tasks.tracking import log_figure, log_json, log_metrics, log_params
+from hal_core.settings import HalSettings
+from tasks.scoring import MLFLOW_SCHEMES, load_reward
+from tasks.tracking import log_figure, log_file, log_metrics, log_params
 
 COMPARE_METRICS = (
     "cv.accuracy.mean",
@@ -38,6 +50,17 @@ COMPARE_METRICS = (
     "hl.gain",
 )
 """Metrics `hal compare` shows for each pipeline run (from the run or its stage runs)."""
+
+POLICY_ARTIFACT_PATH = "policy"
+POLICY_DESCRIPTION = (
+    "Policies aligned for human-likeness by hal (DPO + LoRA). Each version is one evaluated "
+    "checkpoint folder (a PEFT adapter, or a full checkpoint) logged by an `evaluate` run; "
+    "load the base model named by its `base_model` tag and apply the adapter "
+    "(`mlflow.artifacts.download_artifacts('models:/{name}@{alias}')`). `@{alias}` moves only "
+    "when the HL gain under the training judge is significant (one-sided paired p < "
+    "significance), the second judge's gain is not negative and no guard against reward hacking "
+    "fails; each version's `decision` and `decision.reasons` tags say why."
+)
 
 
 @task(retries=2, retry_delay_seconds=2)
@@ -52,30 +75,30 @@ def read_response_files(files: Sequence[EpochFile]) -> pd.DataFrame:
     return pd.concat([read_responses(item) for item in files], ignore_index=True)
 
 
-@task(cache_policy=NO_CACHE)
-def rate_responses(
-    responses: pd.DataFrame,
-    questionnaire: Questionnaire,
-    judge: Judge | None = None,
-    tags: SpeakerTags | None = None,
-) -> tuple[pd.DataFrame, list[dict]]:
-    """Rate each response's dialogue on the questionnaire: replayed when no judge is given."""
-    if judge is None:
-        return stored_ratings(responses, questionnaire), []
-    results = judge.rate(
-        responses["dialogue"].astype(str).tolist(),
-        questionnaire,
-        tags or SpeakerTags.doctor_visit(),
-        item_ids=[
-            f"{m}/e{e:02d}/{p}"
-            for m, e, p in responses[["model", "epoch", "prompt_id"]].itertuples(index=False)
-        ],
-    )
-    return ratings_from_results(results, questionnaire.trait_ids, responses.index)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_generated_files(paths: Sequence[Path], base_epoch: int) -> pd.DataFrame:
+    """Read one policy's generated-dialogue tables (one per checkpoint) into one table."""
+    return combine_generated([read_generated(path) for path in paths], base_epoch)
 
 
-def _metric_name(model: str, name: str) -> str:
-    return f"{model}/{name}"
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def load_evaluation_reward(
+    reference: str, settings: HalSettings, questionnaire: Questionnaire
+) -> EvaluationReward:
+    """The reward to score with, read by :func:`tasks.scoring.load_reward` (a JSON file, the
+    paper's ``{w, b}`` or a registered model); the paper's weights on the published HAL16Q
+    come as the paper-compatible score with the by-id score beside it."""
+    reward = load_reward.fn(reference, settings)
+    paper = None
+    if not reference.startswith(MLFLOW_SCHEMES):
+        path = settings.input_path(reference)
+        if is_paper_weights(json.loads(path.read_text(encoding="utf-8"))):
+            paper = load_paper_weights(path)
+    return reward_readings(reward, questionnaire, paper)
+
+
+def _key(model: str, name: str, per_model: bool) -> str:
+    return f"{model}/{name}" if per_model else name
 
 
 def _log_stepped_metrics(run_id: str, entries: Sequence[tuple[str, float, int]]) -> None:
@@ -84,58 +107,191 @@ def _log_stepped_metrics(run_id: str, entries: Sequence[tuple[str, float, int]])
     metrics = [
         Metric(key, float(value), timestamp, int(step))
         for key, value, step in entries
-        if pd.notna(value)
+        if value is not None and pd.notna(value)
     ]
     client = MlflowClient()
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    return {key: float(v) for key, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def log_evaluation(
+def log_scores(
     run_id: str,
     report: EvaluationReport,
-    failures: list[dict],
-    input_hashes: dict[str, str],
-) -> None:
-    """Log per-epoch statistics (step = epoch), trait shifts and tables to the MLflow run."""
+    name: str,
+    epochs: Mapping[str, int],
+    per_model: bool = True,
+) -> dict[str, float]:
+    """Log one score's per-epoch curves (step = epoch) and its gain at ``epochs``.
+
+    Keys: ``<name>.mean|std|ci_low|ci_high|n|diff`` per epoch, ``<name>.ttest.t|p|n_pairs``
+    per trained epoch (``ttest.*`` for the primary ``hl``), ``<name>.gain`` at the chosen
+    epoch; prefixed ``<model>/`` when ``per_model``, and the run-level ``<name>.gain`` is the
+    mean over models. NaN values are left out, not logged.
+    """
+    ttest = "ttest" if name == "hl" else f"{name}.ttest"
     entries = []
-    for (model, epoch), row in report.summary.set_index([MODEL_COLUMN, EPOCH_COLUMN]).iterrows():
-        metrics = {
-            _metric_name(model, f"hl.{key}"): row[key]
-            for key in ("mean", "std", "ci_low", "ci_high", "n")
-        }
-        metrics[_metric_name(model, "hl.diff")] = row["diff_to_base"]
+    for row in report.summary.itertuples(index=False):
+        model, epoch = str(getattr(row, MODEL_COLUMN)), int(getattr(row, EPOCH_COLUMN))
+        values = {f"{name}.{k}": getattr(row, k) for k in ("mean", "std", "ci_low", "ci_high", "n")}
+        values[f"{name}.diff"] = row.gain
+        if name == "hl":
+            values[f"hl.mean.e{epoch}"] = row.mean
         if epoch != report.base_epoch:
-            metrics |= {
-                _metric_name(model, "ttest.t"): row["t"],
-                _metric_name(model, "ttest.p"): row["p"],
-                _metric_name(model, "ttest.n_pairs"): row["n_pairs"],
-            }
-        entries += [(key, value, int(epoch)) for key, value in metrics.items()]
-    for row in report.shifts.itertuples(index=False):
-        entries.append((_metric_name(row.model, f"shift.{row.trait_id}"), row.shift, row.epoch))
+            values |= {f"{ttest}.t": row.t, f"{ttest}.p": row.p, f"{ttest}.n_pairs": row.n_pairs}
+        entries += [(_key(model, k, per_model), v, epoch) for k, v in values.items()]
     _log_stepped_metrics(run_id, entries)
-    gains = report.gains
-    final = {_metric_name(m, "best_epoch"): e for m, e in report.best_epoch.items()}
-    final |= {_metric_name(m, "hl.gain"): g for m, g in gains.items()}
-    final |= {"hl.gain": sum(gains.values()) / len(gains), "rating.failed": len(failures)}
+    gains = {model: report.value(model, epoch, "gain") for model, epoch in epochs.items()}
+    final = {_key(m, f"{name}.gain", per_model): g for m, g in _finite(gains).items()}
+    if per_model and _finite(gains):
+        final[f"{name}.gain"] = _mean(list(_finite(gains).values()))
+    log_metrics(run_id, final)
+    return gains
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_evaluation(
+    run_id: str, report: EvaluationReport, failures: list[dict], per_model: bool = True
+) -> None:
+    """Log trait shifts (step = epoch), best epochs, failures and the per-epoch tables to the
+    MLflow run."""
+    _log_stepped_metrics(
+        run_id,
+        [
+            (_key(row.model, f"shift.{row.trait_id}", per_model), row.shift, row.epoch)
+            for row in report.shifts.itertuples(index=False)
+        ],
+    )
+    final = {_key(m, "best_epoch", per_model): e for m, e in report.best_epoch.items()}
+    final["rating.failed"] = len(failures)
     log_metrics(run_id, final)
     client = MlflowClient()
     client.log_text(run_id, report.summary.to_csv(index=False), "evaluation/summary.csv")
     client.log_text(run_id, report.shifts.to_csv(index=False), "evaluation/trait_shifts.csv")
-    log_json(
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_out_of_domain(
+    run_id: str, prefix: str, fractions: Mapping[tuple[str, int], float], per_model: bool = True
+) -> None:
+    """Log a judge's out-of-domain share per epoch (``<prefix>ood_fraction``, step = epoch);
+    nothing when the judge never says."""
+    _log_stepped_metrics(
         run_id,
-        {
-            "best_epoch": report.best_epoch,
-            "hl_gain": gains,
-            "base_epoch": report.base_epoch,
-            "trait_ids": report.trait_ids,
-            "input_sha256": input_hashes,
-            "failures": failures,
-        },
-        "evaluation/report.json",
+        [
+            (_key(model, f"{prefix}ood_fraction", per_model), value, epoch)
+            for (model, epoch), value in fractions.items()
+        ],
     )
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_json_report(run_id: str, payload: Mapping, artifact_file: str) -> None:
+    """Write a JSON artifact in which a value that cannot be computed is null, never NaN."""
+    text = json.dumps(json_safe(dict(payload)), indent=2, default=str, allow_nan=False)
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_generated_tables(run_id: str, paths: Sequence[Path]) -> list[str]:
+    """Log the evaluated generated-dialogue tables as artifacts (``generated/``)."""
+    for path in paths:
+        log_file(run_id, path, "generated")
+    return [f"generated/{Path(path).name}" for path in paths]
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_guards(
+    run_id: str,
+    statistics: pd.DataFrame,
+    per_epoch: Sequence[GuardReport],
+    candidate: GuardReport | None,
+) -> None:
+    """Log the text statistics and every guard's value per epoch (step = epoch), the candidate
+    epoch's guard outcomes and ``evaluation/guards.json``."""
+    columns = [c for c in statistics.columns if c not in (MODEL_COLUMN, EPOCH_COLUMN)]
+    entries = [
+        (f"text.{column}", getattr(row, column), int(getattr(row, EPOCH_COLUMN)))
+        for row in statistics.itertuples(index=False)
+        for column in columns
+    ]
+    entries += [
+        (f"guard.{check.name}", check.value, report.epoch)
+        for report in per_epoch
+        for check in report.checks
+    ]
+    _log_stepped_metrics(run_id, entries)
+    payload: dict[str, object] = {"statistics": statistics.to_dict(orient="records")}
+    if candidate is not None:
+        final = {f"guard.{c.name}.passed": float(c.passed) for c in candidate.checks}
+        final |= {f"guard.{c.name}.threshold": c.threshold for c in candidate.checks}
+        final["guards.passed"] = float(candidate.passed)
+        log_metrics(run_id, final)
+        payload |= {"candidate": candidate.model_dump(), "passed": candidate.passed}
+    payload["per_epoch"] = [report.model_dump() for report in per_epoch]
+    log_json_report.fn(run_id, payload, "evaluation/guards.json")
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_examples(run_id: str, examples: Sequence[BeforeAfter]) -> list[str]:
+    """Log before/after examples as ``examples/before_after.md`` and ``.json``."""
+    client = MlflowClient()
+    client.log_text(run_id, before_after_markdown(examples), "examples/before_after.md")
+    payload = {"examples": [item.model_dump() for item in examples]}
+    log_json_report.fn(run_id, payload, "examples/before_after.json")
+    return ["examples/before_after.md", "examples/before_after.json"]
+
+
+def _tag_text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else "null"
+    if value is None:
+        return "null"
+    return str(value)[:4900]
+
+
+@task(cache_policy=NO_CACHE)
+def register_policy(
+    run_id: str,
+    checkpoint: Path,
+    name: str,
+    alias: str,
+    decision: PromotionDecision,
+    tags: Mapping[str, object],
+    description: str,
+) -> str:
+    """Log the checkpoint folder to the run, register it as a version of ``name`` with tags and
+    the decision, and point ``alias`` at it when the decision promotes it."""
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint folder to register")
+    artifact_path = f"{POLICY_ARTIFACT_PATH}/{checkpoint.name}"
+    client = MlflowClient()
+    client.log_artifacts(run_id, str(checkpoint), artifact_path)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    summary = POLICY_DESCRIPTION.format(name=name, alias=alias)
+    try:
+        client.create_registered_model(name, description=summary)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        client.update_registered_model(name, description=summary)
+    version_tags = {key: _tag_text(value) for key, value in tags.items()}
+    version_tags["decision"] = "promote" if decision.promote else "refuse"
+    version_tags["decision.reasons"] = _tag_text(" | ".join(decision.reasons))
+    version = client.create_model_version(
+        name, source, run_id=run_id, tags=version_tags, description=description
+    )
+    if decision.promote:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
 
 
 def _hl_by_epoch_figure(report: EvaluationReport):
@@ -213,26 +369,90 @@ def log_evaluation_plots(
     return paths
 
 
+def _number(value: float, spec: str) -> str:
+    return format(value, spec) if value is not None and math.isfinite(value) else "n/a"
+
+
 def _markdown_summary(
-    report: EvaluationReport, run_id: str, plots: Sequence[str], failures: Sequence[dict]
+    report: EvaluationReport,
+    run_id: str,
+    plots: Sequence[str],
+    failures: Sequence[dict],
+    *,
+    by_id: EvaluationReport | None = None,
+    explanation: str = "",
+    second: EvaluationReport | None = None,
+    guards: GuardReport | None = None,
+    decision: PromotionDecision | None = None,
+    registered: str | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
     lines = [
         "# HAL evaluation",
         "",
         f"MLflow run `{run_id}`; plots: {', '.join(f'`{p}`' for p in plots)}.",
         f"Rating failures: {len(failures)}.",
+        *notes,
         "",
-        "| model | best epoch | HL gain | base mean | best mean | one-sided paired t (p) |",
-        "|---|---|---|---|---|---|",
     ]
+    header = "| model | epoch | HL gain | base mean | epoch mean | one-sided paired t (p) |"
+    extra = (" paper-compatible gain | by-id gain |" if by_id else "") + (
+        " second judge gain |" if second else ""
+    )
+    columns = (header + extra).count("|") - 1
+    lines += [header + extra, "|---" * columns + "|"]
     table = report.summary.set_index([MODEL_COLUMN, EPOCH_COLUMN])
     for model, epoch in sorted(report.best_epoch.items()):
         best, base = table.loc[(model, epoch)], table.loc[(model, report.base_epoch)]
-        lines.append(
-            f"| {model} | {epoch:02d} | {best['diff_to_base']:+.3f} | {base['mean']:.3f} | "
-            f"{best['mean']:.3f} | {best['t']:.2f} ({best['p']:.2g}) |"
+        row = (
+            f"| {model} | {epoch:02d} | {_number(best['gain'], '+.3f')} | {base['mean']:.3f} | "
+            f"{best['mean']:.3f} | {_number(best['t'], '.2f')} ({_number(best['p'], '.2g')}) |"
         )
-    lines += ["", "Largest trait shifts at the best epoch:", ""]
+        if by_id:
+            row += (
+                f" {_number(best['gain'], '+.3f')} | "
+                f"{_number(by_id.value(model, epoch, 'gain'), '+.3f')} |"
+            )
+        if second:
+            row += f" {_number(second.value(model, epoch, 'gain'), '+.3f')} |"
+        lines.append(row)
+    if explanation:
+        lines += ["", explanation]
+    if guards is not None:
+        lines += [
+            "",
+            "## HL per epoch",
+            "",
+            "| epoch | personas | mean HL (CI) | gain | p |"
+            + (" second judge gain |" if second else ""),
+            "|---|---|---|---|---|" + ("---|" if second else ""),
+        ]
+        for row in report.summary.itertuples(index=False):
+            line = (
+                f"| {row.epoch:02d} | {row.n} | {row.mean:.3f} ({_number(row.ci_low, '.3f')}, "
+                f"{_number(row.ci_high, '.3f')}) | {_number(row.gain, '+.3f')} | "
+                f"{_number(row.p, '.2g')} |"
+            )
+            if second:
+                line += f" {_number(second.value(row.model, row.epoch, 'gain'), '+.3f')} |"
+            lines.append(line)
+        lines += [
+            "",
+            f"## Guards (epoch {guards.epoch:02d} vs {guards.base_epoch:02d})",
+            "",
+            "| guard | value | limit | passed | note |",
+            "|---|---|---|---|---|",
+        ]
+        for check in guards.checks:
+            lines.append(
+                f"| {check.name} | {_number(check.value, '.4g')} | {check.rule} "
+                f"{check.threshold:g} | {'yes' if check.passed else '**no**'} | {check.note} |"
+            )
+    if decision is not None:
+        verdict = "promote" if decision.promote else "refuse"
+        lines += ["", f"## Decision: **{verdict}**" + (f" ({registered})" if registered else "")]
+        lines += ["", *[f"- {reason}" for reason in decision.reasons]]
+    lines += ["", "Largest trait shifts at the reported epoch:", ""]
     for model, epoch in sorted(report.best_epoch.items()):
         part = report.shifts[
             (report.shifts[MODEL_COLUMN] == model) & (report.shifts[EPOCH_COLUMN] == epoch)
@@ -247,19 +467,44 @@ def _markdown_summary(
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def publish_evaluation(
-    report: EvaluationReport, run_id: str, plots: Sequence[str], failures: Sequence[dict]
+    report: EvaluationReport,
+    run_id: str,
+    plots: Sequence[str],
+    failures: Sequence[dict],
+    *,
+    by_id: EvaluationReport | None = None,
+    explanation: str = "",
+    second: EvaluationReport | None = None,
+    guards: GuardReport | None = None,
+    decision: PromotionDecision | None = None,
+    registered: str | None = None,
+    notes: Sequence[str] = (),
 ) -> None:
-    """Show the evaluation summary and per-epoch table as Prefect artifacts."""
+    """Show the evaluation summary (gains, tests, the paper-compatible and by-id scores, the
+    second judge, guards and the promotion decision) and the per-epoch table as Prefect
+    artifacts."""
     create_markdown_artifact(
-        _markdown_summary(report, run_id, plots, failures),
+        _markdown_summary(
+            report,
+            run_id,
+            plots,
+            failures,
+            by_id=by_id,
+            explanation=explanation,
+            second=second,
+            guards=guards,
+            decision=decision,
+            registered=registered,
+            notes=notes,
+        ),
         key="evaluation-summary",
-        description="HL gain, paired t-tests and largest trait shifts per model.",
+        description="HL gain, paired t-tests, second judge, guards, promotion and trait shifts.",
     )
     table = report.summary.round(6).astype(object).where(report.summary.notna(), None)
     create_table_artifact(
         table.to_dict(orient="records"),
         key="evaluation-epochs",
-        description="HL score per model and epoch: mean, std, CI, difference to base, t-test.",
+        description="HL score per model and epoch: mean, std, CI, gain over base, t-test.",
     )
 
 
@@ -336,7 +581,7 @@ def log_stored_score_check(run_id: str, check: pd.DataFrame) -> None:
     _log_stepped_metrics(
         run_id,
         [
-            (_metric_name(row.model, "hl.stored_mean"), row.stored_mean, row.epoch)
+            (_key(row.model, "hl.stored_mean", True), row.stored_mean, row.epoch)
             for row in check.itertuples(index=False)
         ],
     )

@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from scipy import stats
-from typer.testing import CliRunner
 
+from hal_core.paper import HAL16Q_PUBLISHED_TRAIT_IDS, PAPER_WEIGHT_TRAIT_IDS
 from hal_core.settings import HalSettings
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
 def stored_epochs(data_dir: Path) -> dict[str, dict[int, pd.DataFrame]]:
@@ -29,9 +34,10 @@ def stored_epochs(data_dir: Path) -> dict[str, dict[int, pd.DataFrame]]:
 def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
     settings: HalSettings, data_dir: Path, tmp_path: Path
 ) -> None:
-    from flows.cli import app
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from hal_cli.commands import app
 
     pairs = tmp_path / "pairs.csv"
     pd.DataFrame(
@@ -43,7 +49,7 @@ def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
         }
     ).to_csv(pairs, index=False)
 
-    # Through the CLI, which fills the flow's parameter model and runs the flow.
+    # Through the CLI, which fills the flow's parameter model, runs the flow, prints its result.
     invoked = CliRunner().invoke(app, ["evaluate", "--pairwise-csv", str(pairs), "--seed", "1"])
     assert invoked.exit_code == 0, invoked.output
     result = json.loads(invoked.stdout[invoked.stdout.index("{") :])
@@ -93,11 +99,42 @@ def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
         assert p < 1e-6
     assert run.data.metrics["hl.stored_max_abs_diff"] < 1e-6
 
+    # Two scores side by side: paper-compatible (= the stored hal16_score) and by trait id.
+    weights = json.loads((data_dir / "hal16_weights_paper.json").read_text())
+    fitted = dict(zip(PAPER_WEIGHT_TRAIT_IDS, weights["w"], strict=True))
+    by_id_errors = []
+    for model, epochs in published.items():
+        compatible = metric_history(client, run.info.run_id, f"{model}/hl.paper_compatible.mean")
+        by_id = metric_history(client, run.info.run_id, f"{model}/hl.by_id.mean")
+        for epoch, frame in epochs.items():
+            assert compatible[epoch] == pytest.approx(frame["hal16_score"].mean(), abs=1e-9)
+            scores = [
+                weights["b"]
+                + sum(
+                    fitted[t] * v
+                    for t, v in zip(HAL16Q_PUBLISHED_TRAIT_IDS, json.loads(cell), strict=True)
+                    if t in fitted
+                )
+                for cell in frame["likert_evaluation"]
+            ]
+            by_id_errors.append(abs(by_id[epoch] - np.mean(scores)))
+        assert result["hl_by_id_gain"][model] == pytest.approx(
+            run.data.metrics[f"{model}/hl.by_id.gain"]
+        )
+    assert max(by_id_errors) < 1e-9
+    assert {"hl.paper_compatible.gain", "hl.by_id.gain"} <= set(run.data.metrics)
+    print(
+        "mean gain over models: paper-compatible "
+        f"{run.data.metrics['hl.paper_compatible.gain']:.3f}"
+        f", by id {run.data.metrics['hl.by_id.gain']:.3f}"
+    )
+
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/hl_by_epoch.png", "plots/trait_shifts.png"}
     folder = Path(client.download_artifacts(run.info.run_id, "evaluation", str(tmp_path)))
     report = json.loads((folder / "report.json").read_text())
     assert report["best_epoch"] == result["best_epoch"]
+    assert "14 of 16" in report["score_explanation"]
     assert any(
         name.startswith("responses.Llama-3.2-1B-Instruct.e10") for name in report["input_sha256"]
     )
@@ -114,15 +151,18 @@ def test_recorded_evaluation_reproduces_stored_hl_and_logs_tests(
     key_filter = ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation-summary"]))
     with get_client(sync_client=True) as prefect_client:
         summaries = prefect_client.read_artifacts(artifact_filter=key_filter)
-    assert any(result["run_id"] in str(artifact.data) for artifact in summaries)
+    mine = [str(a.data) for a in summaries if result["run_id"] in str(a.data)]
+    assert mine and "by-id gain" in mine[0] and "14 of 16" in mine[0]
+    examples = Path(client.download_artifacts(run.info.run_id, "examples", str(tmp_path)))
+    assert "Before and after alignment" in (examples / "before_after.md").read_text()
 
 
 def test_compare_shows_pipeline_runs_with_stage_metrics_and_blanks(
     settings: HalSettings,
 ) -> None:
     import mlflow
-    from flows.cli import app
 
+    from hal_cli.commands import app
     from tasks.tracking import configure_tracking, ensure_experiment
 
     configure_tracking(settings)

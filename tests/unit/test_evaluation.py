@@ -11,22 +11,28 @@ import pytest
 from scipy import stats
 
 from hal_core.evaluation import (
-    PUBLISHED_HAL16Q_TRAIT_IDS,
     EpochFile,
     discover_epoch_files,
     evaluate_scores,
     load_rating_questionnaire,
-    load_reward,
     mean_ci,
     paired_t_test,
     ratings_from_results,
     read_responses,
+    reward_readings,
     score_table,
     stored_ratings,
 )
 from hal_core.judging import RatingResult
+from hal_core.paper import HAL16Q_PUBLISHED_TRAIT_IDS, PAPER_WEIGHT_TRAIT_IDS, load_paper_weights
 from hal_core.reward import HLReward
 from hal_core.tables import TableError
+
+
+def paper_readings(data_dir: Path, questionnaire):
+    """The published weights as the scoring task reads them (fitted ids), with their readings."""
+    paper = load_paper_weights(data_dir / "hal16_weights_paper.json")
+    return reward_readings(HLReward(paper.weights("fitted"), paper.b), questionnaire, paper)
 
 
 def scored_frame() -> pd.DataFrame:
@@ -103,17 +109,39 @@ def test_published_questionnaire_pairs_14_of_16_positions_with_another_traits_we
     data_dir: Path,
 ) -> None:
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
-    assert questionnaire.trait_ids == list(PUBLISHED_HAL16Q_TRAIT_IDS)
+    assert questionnaire.trait_ids == list(HAL16Q_PUBLISHED_TRAIT_IDS)
     # w[k] was fitted on these HAL32Q traits (data README); applied by position it meets
     # the same trait at positions 1 and 7 only.
     fitted_on = [f"t{i:02d}" for i in (1, 2, 3, 4, 5, 6, 7, 12, 15, 17, 20, 21, 24, 26, 28, 32)]
+    assert fitted_on == list(PAPER_WEIGHT_TRAIT_IDS)
     pairs = zip(fitted_on, questionnaire.trait_ids, strict=True)
     same = [k + 1 for k, (a, b) in enumerate(pairs) if a == b]
     assert same == [1, 7]
-    reward = load_reward(data_dir / "hal16_weights_paper.json", questionnaire)
-    weights = json.loads((data_dir / "hal16_weights_paper.json").read_text())["w"]
-    assert list(reward.weights.values()) == weights
-    assert list(reward.weights) == list(PUBLISHED_HAL16Q_TRAIT_IDS)
+    scoring = paper_readings(data_dir, questionnaire)
+    payload = json.loads((data_dir / "hal16_weights_paper.json").read_text())
+    # paper-compatible: w[k] on the statement at published position k
+    assert list(scoring.reward.weights) == list(HAL16Q_PUBLISHED_TRAIT_IDS)
+    assert list(scoring.reward.weights.values()) == payload["w"]
+    # by id: the fitted weight of each trait the published prompt also asks about
+    fitted = dict(zip(fitted_on, payload["w"], strict=True))
+    shared = [t for t in HAL16Q_PUBLISHED_TRAIT_IDS if t in fitted]
+    assert len(shared) == 9 and dict(scoring.by_id.weights) == {t: fitted[t] for t in shared}
+    assert scoring.reward.bias == scoring.by_id.bias == payload["b"]
+    assert "14 of 16" in scoring.explanation and "9 traits" in scoring.explanation
+
+
+def test_paper_weights_on_hal32q_are_read_by_the_ids_they_were_fitted_on(
+    data_dir: Path,
+) -> None:
+    from hal_core.questionnaire import Questionnaire
+
+    hal32q = Questionnaire.load(data_dir / "questionnaires/hal32q.json")
+    scoring = paper_readings(data_dir, hal32q)
+    payload = json.loads((data_dir / "hal16_weights_paper.json").read_text())
+    assert scoring.by_id is None and scoring.explanation == ""
+    assert dict(scoring.reward.weights) == dict(
+        zip(PAPER_WEIGHT_TRAIT_IDS, payload["w"], strict=True)
+    )
 
 
 def test_published_statement_ids_are_their_nearest_hal32q_traits(data_dir: Path) -> None:
@@ -130,17 +158,37 @@ def test_published_statement_ids_are_their_nearest_hal32q_traits(data_dir: Path)
     vectorizer = TfidfVectorizer().fit([*published, *hal32q.texts().values()])
     similarity = vectorizer.transform(published) @ vectorizer.transform(hal32q.texts().values()).T
     nearest = [hal32q.trait_ids[i] for i in similarity.toarray().argmax(axis=1)]
-    assert nearest == list(PUBLISHED_HAL16Q_TRAIT_IDS)
+    assert nearest == list(HAL16Q_PUBLISHED_TRAIT_IDS)
 
 
-def test_recorded_ratings_reproduce_the_stored_score_of_one_file(data_dir: Path) -> None:
+def test_two_scores_paper_compatible_reproduces_hal16_score_and_by_id_uses_fitted_ids(
+    data_dir: Path,
+) -> None:
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
-    reward = load_reward(data_dir / "hal16_weights_paper.json", questionnaire)
+    scoring = paper_readings(data_dir, questionnaire)
     files = discover_epoch_files(data_dir / "aligned_outputs", ["Llama-3.2-1B-Instruct"])
     assert [f.epoch for f in files] == [0, 1, 2, 3, 4, 5, 6, 8, 10]
     responses = read_responses(files[-1])
-    scored = score_table(responses, stored_ratings(responses, questionnaire), reward)
-    np.testing.assert_allclose(scored["hl"], responses["hal16_score"], atol=1e-9)
+    ratings = stored_ratings(responses, questionnaire)
+    compatible = score_table(responses, ratings, scoring.reward)
+    np.testing.assert_allclose(compatible["hl"], responses["hal16_score"], atol=1e-9)
+
+    # by id, computed here from the raw lists: position k holds HAL16Q_PUBLISHED_TRAIT_IDS[k]
+    payload = json.loads((data_dir / "hal16_weights_paper.json").read_text())
+    fitted = dict(zip(PAPER_WEIGHT_TRAIT_IDS, payload["w"], strict=True))
+    lists = [json.loads(cell) for cell in responses["likert_evaluation"]]
+    expected = [
+        payload["b"]
+        + sum(
+            fitted[t] * v
+            for t, v in zip(HAL16Q_PUBLISHED_TRAIT_IDS, row, strict=True)
+            if t in fitted
+        )
+        for row in lists
+    ]
+    by_id = score_table(responses, ratings, scoring.by_id)
+    np.testing.assert_allclose(by_id["hl"], expected, atol=1e-9)
+    assert np.abs(by_id["hl"] - compatible["hl"]).max() > 0.5  # the two readings differ
 
 
 def write_responses(folder: Path, prompts: list[str], ratings: list[str]) -> Path:
@@ -199,38 +247,59 @@ def test_judge_failures_are_recorded_not_dropped() -> None:
     assert scored.index.tolist() == [10] and scored["hl"].tolist() == [4.0]
 
 
-def test_project_reward_json_scores_by_its_trait_ids(tmp_path: Path, data_dir: Path) -> None:
+def test_a_project_reward_scores_by_its_trait_ids_without_a_second_reading(
+    data_dir: Path,
+) -> None:
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
-    path = HLReward({"t05": 2.0, "t01": -1.0}, bias=0.5).save(tmp_path / "reward.json")
-    reward = load_reward(path, questionnaire)
-    ratings = pd.DataFrame({"t01": [1.0, 5.0], "t05": [3.0, 1.0]})
-    assert reward.score(ratings).tolist() == [5.5, -2.5]
+    reward = HLReward({"t05": 2.0, "t01": -1.0}, bias=0.5)
+    scoring = reward_readings(reward, questionnaire)
+    assert scoring.reward is reward and scoring.by_id is None and scoring.explanation == ""
+    responses = pd.DataFrame(
+        {"_row": [1, 2], "model": "m", "epoch": 0, "prompt_id": ["a", "b"], "_source": "f.csv"}
+    )
+    ratings = pd.DataFrame({"t05": [3.0, 1.0], "t01": [1.0, 5.0]})
+    assert score_table(responses, ratings, scoring.reward)["hl"].tolist() == [5.5, -2.5]
+    off_scale = ratings.assign(t01=[1.0, 7.0])
+    with pytest.raises(ValueError, match=r"ratings of f\.csv row 2, column t01: 7\.0"):
+        score_table(responses, off_scale, scoring.reward)
 
 
-def test_a_judge_plugs_into_the_rating_task(data_dir: Path) -> None:
+def test_a_cached_rating_run_becomes_ratings_failures_and_out_of_domain_flags(
+    data_dir: Path, tmp_path: Path
+) -> None:
     from hal_core.dialogue import SpeakerTags
-    from tasks.evaluation import rate_responses
+    from hal_core.evaluation import judged_ratings
+    from hal_core.judges import rate_cached
+    from hal_core.rating_cache import RatingCache
 
     questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
 
     class EchoJudge:
-        """Rates every trait 3 except the first dialogue, which fails."""
+        """Rates every trait 3, except a dialogue without a patient line (kind input)."""
+
+        calls = 0
 
         def fingerprint(self) -> str:
             return "echo"
 
         def rate(self, dialogues, questionnaire, tags, item_ids=None):
-            assert tags == SpeakerTags.doctor_visit()
+            EchoJudge.calls += len(dialogues)
             return [
-                RatingResult(item_id=i, error="boom")
-                if n == 0
+                RatingResult(item_id=i, error="no rated speaker", error_kind="input")
+                if "P:" not in text
                 else RatingResult(item_id=i, ratings=dict.fromkeys(questionnaire.trait_ids, 3))
-                for n, i in enumerate(item_ids)
+                for i, text in zip(item_ids, dialogues, strict=True)
             ]
 
-    responses = pd.DataFrame(
-        {"model": "m", "epoch": 2, "prompt_id": ["a", "b"], "dialogue": ["P: hi", "P: yo"]}
-    )
-    ratings, failures = rate_responses.fn(responses, questionnaire, judge=EchoJudge())
-    assert failures == [{"index": 0, "item_id": "m/e02/a", "error": "boom"}]
-    assert ratings.loc[1].tolist() == [3.0] * 16 and ratings.loc[0].isna().all()
+    texts = ["D: hi", "P: yo\nD: ok", "P: yo\nD: ok"]
+    index = pd.Index([7, 8, 9])
+    with RatingCache(tmp_path / "ratings.sqlite") as cache:
+        run = rate_cached(EchoJudge(), texts, questionnaire, SpeakerTags.doctor_visit(), cache)
+        again = rate_cached(EchoJudge(), texts, questionnaire, SpeakerTags.doctor_visit(), cache)
+    assert EchoJudge.calls == 2  # two distinct texts, asked once; the rerun is served by cache
+    assert (again.stats.cache_hits, again.stats.requested) == (2, 0)
+    judged = judged_ratings(run, questionnaire.trait_ids, index)
+    assert judged.ratings.loc[[8, 9]].eq(3.0).all().all() and judged.ratings.loc[7].isna().all()
+    assert [(f["index"], f["error_kind"]) for f in judged.failures] == [(7, "input")]
+    assert judged.unreadable.tolist() == [7]
+    assert judged.out_of_domain.isna().all()  # this judge never says
