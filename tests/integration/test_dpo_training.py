@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from flows.align import AlignParams, AlignResult, recipe_path
-from flows.cli import app
+from hal_cli.commands import app
 from hal_core.dialogue import SpeakerTags, rated_turns
 from hal_core.generation import load_candidates
 from hal_core.preferences import PairingConfig
@@ -160,7 +160,7 @@ def test_hal_align_trains_with_zero2_on_two_processes(settings, scores_file, tmp
             "--dpo-recipe", "tiny-cpu",
             "--accelerate-config", "zero2",
             "--num-processes", "2",
-            "--set", f"max_train_samples={PAIRS_PER_EPOCH}",
+            "--set", f"recipe_overrides.max_train_samples={PAIRS_PER_EPOCH}",
         ],
     )  # fmt: skip
     assert invocation.exit_code == 0, invocation.output
@@ -289,25 +289,22 @@ def test_negative_learning_rate_fails_before_launch(module_settings, pairs_and_m
         check_training_recipe(launch, module_settings)
 
 
-def test_throughput_bench_runs_on_cpu_with_a_tiny_model():
+@pytest.mark.slow
+def test_throughput_bench_runs_both_shipped_recipes_on_cpu():
     completed = subprocess.run(
         [sys.executable, "bench/dpo_throughput.py", "--tiny", "--steps", "2"],
         capture_output=True,
         text=True,
         check=False,
-        timeout=600,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = completed.stdout.splitlines()
-    rows = {
-        line.split()[0]: line.split()
-        for line in lines
-        if re.match(r"^(paper|ours)\s+[\d.]+\s", line)
-    }
-    assert float(rows["paper"][1]) > 0 and float(rows["ours"][1]) > 0
+    rows = {line.split()[0]: line.split() for line in lines if re.match(r"^(paper|ours)\s", line)}
+    assert rows["paper"][1] == "llama-3.2-1b-qlora-paper"
+    assert rows["ours"][1] == "llama-3.2-1b-lora-fast"
+    assert float(rows["paper"][3]) > 0 and float(rows["ours"][3]) > 0
     assert any(line.startswith("ours / paper:") for line in lines)
-    difference = next(line for line in lines if line.startswith("packed vs padded"))
-    assert float(difference.rsplit(" ", 1)[1]) < 1e-4
 
 
 def test_candidates_are_scored_by_a_judge_and_the_reward(module_settings):
