@@ -63,7 +63,7 @@ POLICY_DESCRIPTION = (
 )
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def find_response_files(root: Path, models: Sequence[str] | None) -> list[EpochFile]:
     """List each model folder's per-epoch response files."""
     return discover_epoch_files(root, models)

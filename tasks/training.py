@@ -26,6 +26,7 @@ import pandas as pd
 import psutil
 from mlflow.entities import DatasetInput, InputTag
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,20 +101,20 @@ class TrainingOutcome(BaseModel):
 # -- candidates and scores ---------------------------------------------------------------------
 
 
-@task(name="read_candidates")
+@task(name="read_candidates", cache_policy=NO_CACHE)
 def read_candidates(candidates_file: str, prompts_file: str, settings: HalSettings) -> pd.DataFrame:
     """The candidates table (prompt_id, prompt, candidate_id, response, model) from files."""
     return load_candidates(settings.data_path(candidates_file), settings.data_path(prompts_file))
 
 
-@task(name="read_scores")
+@task(name="read_scores", cache_policy=NO_CACHE)
 def read_scores(scores_file: str, settings: HalSettings) -> pd.DataFrame:
     """A precomputed scores table (a candidate id and an HL score per row)."""
     path = Path(scores_file)
     return read_table(path if path.is_file() else settings.data_path(scores_file))
 
 
-@task(name="score_candidates")
+@task(name="score_candidates", cache_policy=NO_CACHE)
 def score_candidates(
     candidates: pd.DataFrame,
     scorer: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
@@ -136,13 +137,13 @@ def score_candidates(
 # -- preference pairs --------------------------------------------------------------------------
 
 
-@task(name="build_preference_pairs")
+@task(name="build_preference_pairs", cache_policy=NO_CACHE)
 def build_preference_pairs(scored: pd.DataFrame, config: PairingConfig) -> PreferencePairs:
     """Same-prompt pairs whose HL scores differ by more than k·σ."""
     return preferences.build_pairs(scored, k=config.k)
 
 
-@task(name="validate_preference_pairs")
+@task(name="validate_preference_pairs", cache_policy=NO_CACHE)
 def validate_preference_pairs(
     pairs: PreferencePairs, policy: str, settings: HalSettings, run_id: str | None
 ) -> PreferencePairs:
@@ -178,7 +179,7 @@ def _frame_sha(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-@task(name="save_preference_pairs")
+@task(name="save_preference_pairs", cache_policy=NO_CACHE)
 def save_preference_pairs(
     pairs: PreferencePairs, config: PairingConfig, settings: HalSettings
 ) -> PairsArtifact:
@@ -215,7 +216,7 @@ def save_preference_pairs(
     )
 
 
-@task(name="log_preference_pairs")
+@task(name="log_preference_pairs", cache_policy=NO_CACHE)
 def log_preference_pairs(run_id: str, artifact: PairsArtifact) -> None:
     """The pairs as an MLflow dataset input, with their stats, histogram and files."""
     import matplotlib
@@ -264,7 +265,7 @@ def log_preference_pairs(run_id: str, artifact: PairsArtifact) -> None:
 # -- policy model and training -----------------------------------------------------------------
 
 
-@task(name="prepare_policy_model")
+@task(name="prepare_policy_model", cache_policy=NO_CACHE)
 def prepare_policy_model(
     model_name_or_path: str, prompts_file: str, candidates_file: str, settings: HalSettings
 ) -> str:
@@ -308,7 +309,7 @@ def _child_environment(settings: HalSettings, parent_run_id: str | None) -> dict
     return env
 
 
-@task(name="check_training_recipe")
+@task(name="check_training_recipe", cache_policy=NO_CACHE)
 def check_training_recipe(launch: TrainingLaunch, settings: HalSettings) -> dict[str, Any]:
     """Run the training script's recipe check (no training); fail naming the bad key."""
     command = [sys.executable, TRAIN_SCRIPT, *_recipe_arguments(launch), "--check_only"]
@@ -393,7 +394,7 @@ def stop_process_tree(pid: int, sig: int = signal.SIGTERM) -> None:
     psutil.wait_procs(processes[:-1], timeout=30)
 
 
-@task(name="launch_training")
+@task(name="launch_training", cache_policy=NO_CACHE)
 def launch_training(launch: TrainingLaunch, settings: HalSettings) -> TrainingOutcome:
     """Train in ``accelerate launch`` subprocesses; stream their log; fail with its tail."""
     logger = get_run_logger()
@@ -434,7 +435,7 @@ def launch_training(launch: TrainingLaunch, settings: HalSettings) -> TrainingOu
     )
 
 
-@task(name="log_training_summary")
+@task(name="log_training_summary", cache_policy=NO_CACHE)
 def log_training_summary(run_id: str, outcome: TrainingOutcome) -> dict[str, float]:
     """The training run's last reward figures copied to the stage run (``dpo.*`` names)."""
     client = mlflow.tracking.MlflowClient()
