@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.evaluation import (
+    EPOCH_COLUMN,
     MODEL_COLUMN,
+    BeforeAfter,
     EvaluationReport,
     EvaluationReward,
     GuardReport,
@@ -218,6 +220,15 @@ class EvaluateParams(BaseModel):
         return self
 
 
+class EpochHL(BaseModel):
+    """Mean HL of one epoch over its personas, with its confidence interval."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
 class EvaluateResult(BaseModel):
     """What an evaluation found. A value that cannot be computed is None; ``notes`` says why."""
 
@@ -225,6 +236,9 @@ class EvaluateResult(BaseModel):
     mode: Literal["responses", "generated"]
     best_epoch: dict[str, int] = Field(
         description="Per model, the reported epoch (generated mode: the candidate checkpoint)."
+    )
+    hl_by_epoch: dict[str, dict[int, EpochHL]] = Field(
+        default_factory=dict, description="Per model and epoch: mean HL with its CI."
     )
     hl_gain: dict[str, float | None] = Field(description="Per model, the gain at best_epoch.")
     hl_gain_by_epoch: dict[str, dict[int, float | None]]
@@ -238,6 +252,10 @@ class EvaluateResult(BaseModel):
     second_judge_gain_by_epoch: dict[str, dict[int, float | None]] = Field(default_factory=dict)
     guards_passed: bool | None = Field(default=None, description="None: no guard was checked.")
     failed_guards: list[str] = Field(default_factory=list)
+    guards: GuardReport | None = Field(default=None, description="Each guard's value and limit.")
+    examples: list[BeforeAfter] = Field(
+        default_factory=list, description="The same persona's dialogue before and after."
+    )
     promotion: PromotionDecision | None = None
     registered_model: str | None = None
     registered_version: str | None = None
@@ -476,6 +494,7 @@ def evaluation_result(
     by_id: EvaluationReport | None,
     second: Judged | None,
     policy: PolicyOutcome,
+    examples: list[BeforeAfter],
 ) -> EvaluateResult:
     """The typed result; a value that cannot be computed is None, with a note saying why."""
     epochs = report.best_epoch
@@ -497,6 +516,18 @@ def evaluation_result(
         run_id=run_id,
         mode="generated" if params.generated_files else "responses",
         best_epoch=report.best_epoch,
+        hl_by_epoch={
+            str(model): {
+                int(row[EPOCH_COLUMN]): EpochHL(
+                    mean=finite_or_none(row["mean"]),
+                    ci_low=finite_or_none(row["ci_low"]),
+                    ci_high=finite_or_none(row["ci_high"]),
+                    n=int(row["n"]),
+                )
+                for _, row in part.iterrows()
+            }
+            for model, part in report.summary.groupby(MODEL_COLUMN)
+        },
         hl_gain=_at(report, "gain", epochs),
         hl_gain_by_epoch=gains,
         p_value=_at(report, "p", epochs),
@@ -506,6 +537,8 @@ def evaluation_result(
         second_judge_gain_by_epoch=_nullable(second.report.by_epoch("gain")) if second else {},
         guards_passed=policy.guards.passed if policy.guards else None,
         failed_guards=policy.guards.failed if policy.guards else [],
+        guards=policy.guards,
+        examples=examples,
         promotion=policy.decision,
         registered_model=params.policy.register_as if policy.version else None,
         registered_version=policy.version,
@@ -599,7 +632,9 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
         )
         log_examples(run_id, examples)
 
-        result = evaluation_result(run_id, params, responses, judged, report, by_id, second, policy)
+        result = evaluation_result(
+            run_id, params, responses, judged, report, by_id, second, policy, examples
+        )
         log_json_report(
             run_id,
             result.model_dump(mode="json")

@@ -1,116 +1,155 @@
-"""Flow ``hal_pipeline``: validate -> [collect statements] -> derive traits -> fit reward ->
-train the local judge -> rate candidates -> build preferences and align -> evaluate.
+"""Flow ``hal_pipeline``: the HAL method end to end, on a real policy.
 
-Statements come from the recorded GPT-5 file unless ``collect_statements`` names a live judge;
-then derive_traits reads what that judge wrote.
+    validate data -> [collect statements] -> derive traits -> fit rewards (HAL32Q, the derived
+    questionnaire, other judges, the loop's) -> train the judges -> generate candidates with
+    the policy -> rate them -> pair by HL and train with DPO -> generate on held-out personas
+    with the base and every epoch -> evaluate and promote
 
-Each stage is a subflow with its own MLflow run nested under the pipeline's run. A stage whose
-parameters, data, recipes and code are unchanged is skipped: its cached result is reused.
+Each stage is a subflow with its own MLflow run nested under the pipeline's; its result model
+is what the next stages read. A stage whose parameters, inputs, data and code are unchanged is
+skipped and its recorded result reused.
 
-    hal pipeline                                   # embedded defaults (what `make demo` runs)
-    hal pipeline --recipe infra/recipes/pipeline.yaml
+    hal pipeline                                   # embedded defaults
+    hal demo                                       # infra/recipes/pipeline.yaml (CPU sizes)
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-import pandas as pd
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import Flow, flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.align import AlignParams
-from flows.collect_statements import CollectStatementsParams
-from flows.derive_traits import DeriveTraitsParams
-from flows.evaluate import EvaluateParams
-from flows.fit_reward import FitRewardParams
-from flows.rate_dialogues import RateDialoguesParams
-from flows.train_local_judge import TrainLocalJudgeParams
-from flows.validate_data import ValidateDataParams
+from flows.align import AlignParams, AlignResult, align
+from flows.collect_statements import (
+    CollectStatementsParams,
+    CollectStatementsResult,
+    collect_statements,
+)
+from flows.derive_traits import DeriveTraitsParams, DeriveTraitsResult, derive_traits
+from flows.evaluate import EvaluateParams, EvaluateResult, evaluate
+from flows.fit_reward import FitRewardParams, FitRewardResult, fit_reward
+from flows.generate import GenerateParams, GenerateResult, generate
+from flows.rate_dialogues import RateDialoguesParams, RateDialoguesResult, rate_dialogues
+from flows.train_local_judge import (
+    TrainLocalJudgeParams,
+    TrainLocalJudgeResult,
+    train_local_judge,
+)
+from flows.validate_data import ValidateDataParams, ValidateDataResult, validate_data
 from hal_core.judges import LocalJudgeConfig
-from hal_core.reward import HLReward
-from hal_core.settings import HalSettings, get_settings
+from hal_core.pipeline_report import pipeline_report, summary_metrics
+from hal_core.settings import get_settings
 from tasks import tracking
-from tasks.stages import cached_stage_runner, code_fingerprint, folder_fingerprint, run_stage
+from tasks.stages import StageCache, input_fingerprint, stage_key
 
-Stage = Literal[
+StageName = Literal[
     "validate_data",
     "collect_statements",
     "derive_traits",
     "fit_reward",
     "train_local_judge",
+    "generate",
     "rate_dialogues",
     "align",
     "evaluate",
 ]
-STAGE_ORDER: tuple[str, ...] = Stage.__args__
-STAGE_FLOWS: dict[str, tuple[str, str]] = {
-    "validate_data": (
-        "flows.validate_data:validate_data",
-        "flows.validate_data:ValidateDataParams",
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A row of the pipeline: the flow, its parameter model and its result model."""
+
+    flow: Flow
+    params: type[BaseModel]
+    result: type[BaseModel]
+
+
+STAGES: dict[str, Stage] = {
+    "validate_data": Stage(validate_data, ValidateDataParams, ValidateDataResult),
+    "collect_statements": Stage(
+        collect_statements, CollectStatementsParams, CollectStatementsResult
     ),
-    "collect_statements": (
-        "flows.collect_statements:collect_statements",
-        "flows.collect_statements:CollectStatementsParams",
-    ),
-    "derive_traits": (
-        "flows.derive_traits:derive_traits",
-        "flows.derive_traits:DeriveTraitsParams",
-    ),
-    "fit_reward": ("flows.fit_reward:fit_reward", "flows.fit_reward:FitRewardParams"),
-    "train_local_judge": (
-        "flows.train_local_judge:train_local_judge",
-        "flows.train_local_judge:TrainLocalJudgeParams",
-    ),
-    "rate_dialogues": (
-        "flows.rate_dialogues:rate_dialogues",
-        "flows.rate_dialogues:RateDialoguesParams",
-    ),
-    "align": ("flows.align:align", "flows.align:AlignParams"),
-    "evaluate": ("flows.evaluate:evaluate", "flows.evaluate:EvaluateParams"),
+    "derive_traits": Stage(derive_traits, DeriveTraitsParams, DeriveTraitsResult),
+    "fit_reward": Stage(fit_reward, FitRewardParams, FitRewardResult),
+    "train_local_judge": Stage(train_local_judge, TrainLocalJudgeParams, TrainLocalJudgeResult),
+    "generate": Stage(generate, GenerateParams, GenerateResult),
+    "rate_dialogues": Stage(rate_dialogues, RateDialoguesParams, RateDialoguesResult),
+    "align": Stage(align, AlignParams, AlignResult),
+    "evaluate": Stage(evaluate, EvaluateParams, EvaluateResult),
 }
+STAGE_ORDER: tuple[str, ...] = StageName.__args__
 
 
-def _default_rating() -> RateDialoguesParams:
-    return RateDialoguesParams(
-        input_file="synthlabs/candidates_test.csv",
-        id_column="dialogue_id",
-        speakers="doctor_visit",
-        questionnaire_file="questionnaires/hal32q.json",
-        judge=LocalJudgeConfig(model_path="set-by-the-pipeline"),
+def _loop_reward() -> FitRewardParams:
+    return FitRewardParams(
+        questionnaire_file="questionnaires/hal16q_published.json",
+        register_as=None,
+        alias=None,
     )
+
+
+def _test_generation() -> GenerateParams:
+    return GenerateParams(prompts_file="synthlabs/prompts_test.csv", samples_per_persona=1)
 
 
 class PipelineParams(BaseModel):
-    """Every stage's parameters in one form; the pipeline links each stage's outputs onward."""
+    """Every stage's parameters in one form; the pipeline links each stage's results onward."""
 
     model_config = ConfigDict(extra="forbid")
 
-    stages: list[Stage] = Field(
+    stages: list[StageName] = Field(
         default_factory=lambda: list(STAGE_ORDER), description="Stages to run, in order."
     )
     use_cache: bool = Field(
-        default=True, description="Skip a stage whose inputs, recipe and code are unchanged."
+        default=True, description="Skip a stage whose inputs, parameters and code are unchanged."
     )
     validate_data: ValidateDataParams = Field(default_factory=ValidateDataParams)
     collect_statements: CollectStatementsParams | None = Field(
         default=None,
         description="A live judge writes the statements derive_traits reads; None = the "
-        "derive_traits statements file (the recorded GPT-5 statements).",
+        "statements file of derive_traits (the recorded GPT-5 statements).",
     )
     derive_traits: DeriveTraitsParams = Field(default_factory=DeriveTraitsParams)
-    fit_reward: FitRewardParams = Field(default_factory=FitRewardParams)
+    fit_reward: FitRewardParams = Field(
+        default_factory=FitRewardParams,
+        description="The HAL32Q reward on the Turing ratings (registered as hal-reward).",
+    )
+    fit_derived_reward: bool = Field(
+        default=True,
+        description="Also fit a reward on the derived questionnaire, offline (each derived "
+        "trait takes the recorded ratings of its nearest HAL32Q trait), beside HAL32Q's.",
+    )
     cross_judge_ratings: list[str] = Field(
         default_factory=lambda: ["turing/ratings32_gpt-5-mini.csv"],
-        description="Other judges' ratings: the same reward fit, logged for comparison only.",
+        description="Other judges' ratings: the same reward fit, logged for comparison.",
     )
-    train_local_judge: TrainLocalJudgeParams = Field(default_factory=TrainLocalJudgeParams)
+    loop_reward: FitRewardParams = Field(
+        default_factory=_loop_reward,
+        description="The reward the policy is aligned to: fitted on the Turing ratings of the "
+        "traits the training judge rates (the published HAL16Q statements, by HAL32Q id).",
+    )
+    train_local_judge: TrainLocalJudgeParams = Field(
+        default_factory=TrainLocalJudgeParams,
+        description="The training judge: a local judge that fits doctor's-visit dialogues.",
+    )
+    second_judge: TrainLocalJudgeParams | None = Field(
+        default=None,
+        description="An independent judge for evaluation only; None = no second opinion "
+        "(then the policy is never promoted).",
+    )
+    generate: GenerateParams = Field(
+        default_factory=GenerateParams,
+        description="Candidates of the base policy for the training personas.",
+    )
+    generate_test: GenerateParams = Field(
+        default_factory=_test_generation,
+        description="Dialogues on held-out test personas, for the base and every epoch.",
+    )
     rate_dialogues: RateDialoguesParams = Field(
-        default_factory=_default_rating,
-        description="Rates the candidates with the freshly trained local judge.",
+        default_factory=lambda: RateDialoguesParams(input_file="", speakers="doctor_visit"),
+        description="Rates the candidates with the training judge (input and judge are linked).",
     )
     align: AlignParams = Field(default_factory=AlignParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
@@ -119,129 +158,156 @@ class PipelineParams(BaseModel):
 
 class PipelineResult(BaseModel):
     run_id: str
-    stages: dict[str, dict[str, Any]] = Field(description="Each stage's result, by label.")
+    stages: dict[str, dict] = Field(description="Each stage's result, by label.")
     cached: list[str] = Field(description="Labels of the stages skipped by cache.")
     metrics: dict[str, float]
+    report: str = Field(description="What the run found, as printed by `hal pipeline`.")
 
 
-@task(name="score_ratings")
-def score_ratings(ratings_file: str, reward_file: str, output_file: Path) -> str:
-    """HL score of every rated row (``item_id``, ``hl``) with the fitted reward."""
-    ratings = pd.read_csv(ratings_file)
-    rated = ratings[ratings["status"] == "rated"]
-    reward = HLReward.load(reward_file)
-    scores = pd.DataFrame({"candidate_id": rated["item_id"].astype(str), "hl": reward.score(rated)})
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(output_file, index=False)
-    return str(output_file)
+class StageRunner:
+    """Runs a stage flow nested under the pipeline's run, or reuses its recorded result."""
 
+    def __init__(self, params: PipelineParams, run_id: str, fingerprint: str, cache: StageCache):
+        self.selected, self.use_cache = set(params.stages), params.use_cache
+        self.run_id, self.fingerprint, self.cache = run_id, fingerprint, cache
+        self.results: dict[str, BaseModel] = {}
+        self.cached: list[str] = []
 
-def _input_fingerprint(settings: HalSettings) -> str:
-    data = folder_fingerprint(settings.require_data_dir())
-    return hashlib.sha256(f"{data}:{code_fingerprint()}".encode()).hexdigest()
-
-
-def _summary_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    reward = results.get("fit_reward", {}).get("metrics", {})
-    for key in ("cv.accuracy.mean", "cv_grouped.accuracy", "paired.accuracy", "n_selected"):
-        if key in reward:
-            metrics[key] = float(reward[key])
-    summary = results.get("align", {}).get("summary", {})
-    for key, value in summary.items():
-        if key.startswith(("dpo.", "pairs.")) and isinstance(value, int | float):
-            metrics[key] = float(value)
-    gains = results.get("evaluate", {}).get("hl_gain") or {}
-    if gains:
-        metrics["hl.gain"] = float(sum(gains.values()) / len(gains))
-    return metrics
+    def __call__(
+        self, name: str, params: BaseModel, *, label: str | None = None, needs: tuple = ()
+    ) -> BaseModel | None:
+        label = label or name
+        if name not in self.selected:
+            return None
+        missing = [i for i, need in enumerate(needs) if need is None]
+        if missing:
+            raise ValueError(f"stage {label} needs the results of stages that did not run")
+        stage = STAGES[name]
+        params = params.model_copy(update={"parent_run_id": self.run_id})
+        key = stage_key(label, params, self.fingerprint, [n.model_dump(mode="json") for n in needs])
+        recorded = self.cache.read(key) if self.use_cache else None
+        if recorded is not None:
+            result = stage.result.model_validate(recorded)
+            self.cached.append(label)
+            tracking.log_params(self.run_id, {f"stage.{label}.cached_from": result.run_id})
+        else:
+            result = stage.flow(params)
+            self.cache.write(key, result.model_dump(mode="json"))
+        print(f"stage {label}: {'cached' if recorded is not None else 'ran'}")
+        self.results[label] = result
+        return result
 
 
 @flow(name="hal_pipeline", log_prints=True)
-def hal_pipeline(params: PipelineParams | None = None) -> PipelineResult:
-    """The HAL method end to end, each stage a nested MLflow run, unchanged stages cached."""
-    params = params or PipelineParams()
+def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  # noqa: B008
+    """The HAL method end to end; each stage a nested MLflow run, unchanged stages cached."""
     settings = get_settings()
-    runner = (
-        cached_stage_runner(settings)
-        if params.use_cache
-        else run_stage.with_options(cache_policy=NO_CACHE, persist_result=False)
-    )
-    fingerprint = _input_fingerprint(settings)
-    results: dict[str, dict[str, Any]] = {}
-    cached: list[str] = []
-
+    fingerprint = input_fingerprint(settings)
     with tracking.stage_run(
         "hal_pipeline", settings.experiment_pipeline, settings, params.parent_run_id
     ) as run:
         run_id = run.info.run_id
         tracking.log_params(run_id, {"stages": params.stages, "input_fingerprint": fingerprint})
+        stage = StageRunner(params, run_id, fingerprint, StageCache(settings.home_dir))
 
-        def stage(
-            name: str, stage_params: BaseModel, upstream: dict[str, Any], label: str | None = None
-        ) -> dict:
-            if name not in params.stages:
-                return {}
-            label = label or name
-            entrypoint, params_class = STAGE_FLOWS[name]
-            state = runner(
-                label,
-                entrypoint,
-                params_class,
-                stage_params.model_copy(update={"parent_run_id": run_id}).model_dump(mode="json"),
-                fingerprint,
-                upstream,
-                return_state=True,
-            )
-            result = state.result()
-            if state.name == "Cached":
-                cached.append(label)
-                tracking.log_params(run_id, {f"stage.{label}.cached_from": result.get("run_id")})
-            print(f"stage {label}: {'cached' if state.name == 'Cached' else 'ran'}")
-            results[label] = result
-            return result
-
-        stage("validate_data", params.validate_data, {})
-        derive_params = params.derive_traits
+        # Traits and rewards from the Turing games.
+        stage("validate_data", params.validate_data)
+        derivation = params.derive_traits
         if params.collect_statements is not None:
-            statements = stage("collect_statements", params.collect_statements, {})
-            if statements.get("output_file"):
-                derive_params = derive_params.model_copy(
-                    update={"statements_file": statements["output_file"]}
+            statements = stage("collect_statements", params.collect_statements)
+            if statements is not None:
+                derivation = derivation.model_copy(
+                    update={"statements_file": statements.output_file}
                 )
-        stage("derive_traits", derive_params, {})
-        reward = stage("fit_reward", params.fit_reward, {})
+        traits = stage("derive_traits", derivation)
+        reward = stage("fit_reward", params.fit_reward)
+        if params.fit_derived_reward and traits is not None:
+            stage(
+                "fit_reward",
+                params.fit_reward.on_derived_questionnaire(traits.questionnaire_path),
+                label="fit_reward:derived",
+                needs=(traits,),
+            )
         for ratings_file in params.cross_judge_ratings:
-            cross_judge = params.fit_reward.model_copy(
-                update={"ratings_file": ratings_file, "register_as": None, "alias": None}
+            stage(
+                "fit_reward",
+                params.fit_reward.model_copy(
+                    update={"ratings_file": ratings_file, "register_as": None, "alias": None}
+                ),
+                label=f"fit_reward:{ratings_file.rsplit('/', 1)[-1].removesuffix('.csv')}",
             )
-            stage("fit_reward", cross_judge, {}, label=f"fit_reward:{Path(ratings_file).stem}")
-        judge = stage(
-            "train_local_judge", params.train_local_judge, {"reward": reward.get("reward_version")}
-        )
-        rating_params = params.rate_dialogues
-        if judge.get("model_path"):
-            rating_params = rating_params.model_copy(
-                update={"judge": LocalJudgeConfig(model_path=judge["model_path"])}
-            )
-        ratings = stage("rate_dialogues", rating_params, {"judge": judge.get("fingerprint")})
-        align_params = params.align
-        if ratings.get("output_file") and reward.get("reward_path"):
-            scores_file = score_ratings(
-                ratings["output_file"],
-                reward["reward_path"],
-                settings.home_dir / "pipeline" / f"scores-{reward['reward_version']}.csv",
-            )
-            align_params = align_params.model_copy(
-                update={"scores_file": scores_file, "reward_file": reward["reward_path"]}
-            )
-        stage(
-            "align",
-            align_params,
-            {"ratings": ratings.get("judge_fingerprint"), "reward": reward.get("reward_version")},
-        )
-        stage("evaluate", params.evaluate, {})
+        loop_reward = stage("fit_reward", params.loop_reward, label="fit_reward:loop")
 
-        metrics = _summary_metrics(results)
-        tracking.log_metrics(run_id, {**metrics, "stages.cached": float(len(cached))})
-    return PipelineResult(run_id=run_id, stages=results, cached=cached, metrics=metrics)
+        # The judges.
+        judge = stage("train_local_judge", params.train_local_judge, needs=(reward,))
+        second = None
+        if params.second_judge is not None:
+            second = stage("train_local_judge", params.second_judge, label="train_local_judge:2")
+
+        # The loop: candidates -> ratings -> pairs -> DPO.
+        candidates = stage("generate", params.generate, label="generate:train")
+        ratings = stage(
+            "rate_dialogues",
+            params.rate_dialogues.model_copy(
+                update={
+                    "input_file": candidates.output_file if candidates else "",
+                    "id_column": "dialogue_id",
+                    "judge": LocalJudgeConfig(model_path=judge.model_path if judge else ""),
+                }
+            ),
+            needs=(candidates, judge),
+        )
+        aligned = stage(
+            "align",
+            params.align.model_copy(
+                update={
+                    "candidates_file": candidates.output_file if candidates else "",
+                    "ratings_file": ratings.output_file if ratings else None,
+                    "reward_file": loop_reward.reward_path if loop_reward else "",
+                    "model_name_or_path": params.generate.policy,
+                }
+            ),
+            needs=(candidates, ratings, loop_reward),
+        )
+
+        # Held-out personas: the base and every epoch checkpoint, then evaluation.
+        tests = []
+        if aligned is not None:
+            checkpoints = [(None, 0), *[(c.path, c.epoch) for c in aligned.training.checkpoints]]
+            for adapter, epoch in checkpoints:
+                tests.append(
+                    stage(
+                        "generate",
+                        params.generate_test.model_copy(
+                            update={"adapter": adapter, "epoch": epoch, "checkpoint": None}
+                        ),
+                        label=f"generate:test:e{epoch}",
+                        needs=(aligned,),
+                    )
+                )
+        evaluation_params = params.evaluate
+        if tests:
+            evaluation_params = evaluation_params.model_copy(
+                update={
+                    "generated_files": [test.output_file for test in tests],
+                    "judge": LocalJudgeConfig(model_path=judge.model_path),
+                    "questionnaire": params.loop_reward.questionnaire_file,
+                    "reward": loop_reward.reward_path,
+                    "second_judge": LocalJudgeConfig(model_path=second.model_path)
+                    if second
+                    else None,
+                    "policy": evaluation_params.policy.model_copy(
+                        update={"checkpoints_dir": aligned.training.output_dir}
+                    ),
+                }
+            )
+        stage("evaluate", evaluation_params, needs=tuple(tests))
+
+        results = {label: result.model_dump(mode="json") for label, result in stage.results.items()}
+        metrics = summary_metrics(stage.results)
+        tracking.log_metrics(run_id, {**metrics, "stages.cached": float(len(stage.cached))})
+        report = pipeline_report(run_id, stage.results, stage.cached, metrics)
+        tracking.log_text(run_id, report, "pipeline_report.md")
+    return PipelineResult(
+        run_id=run_id, stages=results, cached=stage.cached, metrics=metrics, report=report
+    )

@@ -1,20 +1,24 @@
-"""Running a stage flow as a cached task: unchanged inputs, recipe and code skip the stage."""
+"""The pipeline's stage cache: a stage's key, and its recorded result under HAL_HOME.
+
+A stage is skipped when a result is recorded under its key: the stage's label and parameters
+(the parent run excluded), the data folder and the code (sources and recipes), and the results
+of the stages it reads.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from hal_core.settings import PROJECT_ROOT, HalSettings
 
-SOURCE_PACKAGES = ("hal_core", "tasks", "flows")
+SOURCE_PACKAGES = ("hal_core", "tasks", "flows", "scripts")
 
 
 def folder_fingerprint(folder: Path, pattern: str = "**/*") -> str:
@@ -33,49 +37,36 @@ def code_fingerprint() -> str:
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
-def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Stage name + parameters (parent run excluded) + input and code fingerprints."""
-    stage_params = {k: v for k, v in parameters["params"].items() if k != "parent_run_id"}
+def input_fingerprint(settings: HalSettings) -> str:
+    """The data folder and the code, in one hash."""
+    data = folder_fingerprint(settings.require_data_dir())
+    return hashlib.sha256(f"{data}:{code_fingerprint()}".encode()).hexdigest()
+
+
+def stage_key(label: str, params: BaseModel, fingerprint: str, needs: list[Any]) -> str:
+    """The key a stage's result is recorded under."""
     payload = {
-        "stage": parameters["stage"],
-        "params": stage_params,
-        "inputs": parameters["input_fingerprint"],
-        "upstream": parameters["upstream"],
+        "stage": label,
+        "params": params.model_dump(mode="json", exclude={"parent_run_id"}),
+        "inputs": fingerprint,
+        "needs": needs,
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return f"{parameters['stage']}-{hashlib.sha256(blob).hexdigest()}"
+    return f"{label.replace(':', '-')}-{hashlib.sha256(blob).hexdigest()[:24]}"
 
 
-def load_flow(entrypoint: str):
-    """``module:function`` -> the flow object."""
-    module_name, _, name = entrypoint.partition(":")
-    return getattr(importlib.import_module(module_name), name)
+class StageCache:
+    """Recorded stage results, one JSON file per key, written atomically."""
 
+    def __init__(self, home: Path) -> None:
+        self.folder = home / "stage-cache"
+        self.folder.mkdir(parents=True, exist_ok=True)
 
-@task(name="run_stage", task_run_name="stage-{stage}", cache_key_fn=stage_cache_key)
-def run_stage(
-    stage: str,
-    entrypoint: str,
-    params_class: str,
-    params: dict[str, Any],
-    input_fingerprint: str,
-    upstream: dict[str, Any],
-) -> dict[str, Any]:
-    """Run one stage flow with its typed parameters; cached by its inputs' fingerprint."""
-    model: type[BaseModel] = load_flow(params_class)
-    result = load_flow(entrypoint)(model.model_validate(params))
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    if isinstance(result, dict):
-        return result
-    if isinstance(result, list):
-        return {"items": [r.model_dump(mode="json") if isinstance(r, BaseModel) else r
-                          for r in result]}  # fmt: skip
-    return {"result": result}
+    def read(self, key: str) -> dict | None:
+        path = self.folder / f"{key}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
-
-def cached_stage_runner(settings: HalSettings):
-    """``run_stage`` with results (and so cache records) persisted under HAL_HOME."""
-    return run_stage.with_options(
-        result_storage=settings.home_dir / "stage-cache", persist_result=True
-    )
+    def write(self, key: str, result: dict) -> None:
+        with tempfile.NamedTemporaryFile("w", dir=self.folder, delete=False, suffix=".tmp") as f:
+            json.dump(result, f, indent=2)
+        os.replace(f.name, self.folder / f"{key}.json")

@@ -160,6 +160,11 @@ def log_json(run_id: str, payload: Any, artifact_file: str) -> None:
     MlflowClient().log_text(run_id, json.dumps(payload, indent=2, default=str), artifact_file)
 
 
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """Write a text artifact (``artifact_file`` may include folders)."""
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
 def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     path = Path(path)
     client = MlflowClient()

@@ -197,10 +197,10 @@ def test_env_example_holds_placeholders_not_secrets() -> None:
 def test_multi_node_doc_names_files_that_exist() -> None:
     text = (PROJECT_ROOT / "docs" / "multi-node.md").read_text()
     named = set(
-        re.findall(r"\b((?:infra|flows|docker)/[\w./-]+\.(?:yaml|json|py|lock|trainer))", text)
+        re.findall(r"\b((?:infra|flows|docker|scripts)/[\w./-]+\.(?:yaml|json|py|lock|trainer))", text)
     )
     site_specific = {"infra/hostfile", "infra/accelerate/zero3-2nodes.yaml"}
-    assert "flows/train_dpo.py" in named and "infra/accelerate/zero3.yaml" in named
+    assert "scripts/train_dpo.py" in named and "infra/accelerate/zero3.yaml" in named
     missing = sorted(p for p in named - site_specific if not (PROJECT_ROOT / p).exists())
     assert not missing, f"docs/multi-node.md names missing files {missing}"
 
