@@ -150,10 +150,11 @@ def test_local_backend_is_resolved_lazily_by_name(monkeypatch: pytest.MonkeyPatc
 
 def test_a_failing_cache_write_stops_the_run_and_earlier_commits_persist(tmp_path: Path) -> None:
     class DiskFullAfterTwo(RatingCache):
-        def put(self, key, result, **kwargs) -> None:
-            if len(self.keys()) >= 2:
-                raise sqlite3.OperationalError("database or disk is full")
-            super().put(key, result, **kwargs)
+        def put_many(self, entries, **kwargs) -> None:
+            for entry in entries:  # the disk fills up after the second answer
+                if len(self.keys()) >= 2:
+                    raise sqlite3.OperationalError("database or disk is full")
+                super().put_many([entry], **kwargs)
 
     texts = [f"I: hi {i}\nW: hello number {i}" for i in range(200)]
     with (
