@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from hal_core.judges.prompting import PROMPT_VERSION, canonical_json
 
@@ -131,6 +132,8 @@ class _JudgeConfig(BaseModel):
                     "(user:password@ or a key in the query), which would be stored with the "
                     f"run's parameters; {WHERE_KEYS_GO}"
                 )
+            if _SECRET_NAME.match(info.field_name):
+                raise ValueError(f"a secret never goes in a config; {WHERE_KEYS_GO}")
             raise ValueError(f"{info.field_name} holds what looks like a secret; {WHERE_KEYS_GO}")
         return value
 
@@ -152,6 +155,13 @@ class OpenAIJudgeConfig(_JudgeConfig):
     api_key_secret_block: str | None = Field(
         default=None,
         description="Name of a Prefect Secret block holding the key; wins over api_key_env.",
+    )
+    api_key: SkipJsonSchema[str | None] = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="Never set: a key written here is refused with the rule for keys (this "
+        "field exists only to say so, and is neither shown in forms nor serialized).",
     )
     response_mode: Literal["json_schema", "json_object", "prompt"] = Field(
         default="json_schema",
@@ -186,8 +196,8 @@ class OpenAIJudgeConfig(_JudgeConfig):
         default=8,
         ge=0,
         description="Stop the run, with an error naming the endpoint and the cause, once this "
-        "many requests in a row failed the same way (refused, timed out, the same HTTP error) "
-        "before any succeeded; 0 = never stop early.",
+        "many retried requests in a row failed the same way (refused, timed out, the same "
+        "HTTP error) before any request succeeded; 0 = never stop early.",
     )
     max_input_chars: int | None = Field(
         default=100_000,

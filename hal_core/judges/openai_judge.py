@@ -5,13 +5,13 @@ timeout or a dropped connection is retried with exponential backoff and jitter, 
 least the server's ``Retry-After`` when it sends one. A reply that is not valid JSON, misses
 a trait id or rates outside the scale gets exactly one repair request; if that fails too the
 item is recorded as failed with the reason - a rating is never guessed. 401/403/404 stop the
-run (every request would fail the same way), and so does a run whose first
-``stop_after_failures`` requests all failed the same way (refused, timed out, the same HTTP
-error): the endpoint is down or wrong, and retrying every item with backoff would only take
-minutes to say so. A refused connection is reported as refused. A prompt longer than
-``max_input_chars`` is not sent (a failure of kind ``input``); :meth:`OpenAIJudge.estimate_ratings`
-tells its size, tokens and cost before a run. The API key is held privately and scrubbed from
-every error message.
+run (every request would fail the same way), and so does a run in which
+``stop_after_failures`` retried requests in a row failed the same way (refused, timed out, the
+same HTTP error) before any succeeded: the endpoint is down or wrong, and retrying every item
+with backoff would only take minutes to say so. A refused connection is reported as refused.
+A prompt longer than ``max_input_chars`` is not sent (a failure of kind ``input``);
+:meth:`OpenAIJudge.estimate_ratings` tells sizes, tokens and cost before a run. The API key
+is held privately and scrubbed from every error message.
 """
 
 from __future__ import annotations
@@ -171,9 +171,11 @@ def connection_failure(error: openai.APIError, host: str, timeout_s: float) -> t
 
 
 class _EarlyStop:
-    """Stops a run whose requests all fail the same way before any succeeds (``limit`` in a
-    row), with an error naming the endpoint and the cause. Any answered request disarms it:
-    then the endpoint works, and an item's own retries deal with the odd fault."""
+    """Stops a run whose requests all fail the same way before any succeeds, with an error
+    naming the endpoint and the cause: ``limit`` retries in a row (a first attempt's fault is
+    common under load and is what retries are for; a retry failing like the ones before it,
+    with nothing answered yet, is an endpoint that is down or wrong). Any answered request
+    disarms it: then the endpoint works, and each item's own retries deal with faults."""
 
     def __init__(self, limit: int, where: str) -> None:
         self.limit, self.where = limit, where
@@ -184,18 +186,18 @@ class _EarlyStop:
     def succeeded(self) -> None:
         self.answered = True
 
-    def failed(self, kind: str, reason: str) -> None:
-        if self.answered or not self.limit:
+    def failed(self, kind: str, reason: str, attempt: int) -> None:
+        if self.answered or not self.limit or attempt == 0:
             return
         if kind != self.kind:
             self.kind, self.count = kind, 0
         self.count += 1
         if self.count >= self.limit:
             raise JudgeUnreachableError(
-                f"{self.where}: {self.count} requests in a row failed ({reason}) and none has "
-                f"succeeded, so the run stopped early (stop_after_failures={self.limit}); "
-                "answers already received are kept. Is the server running, and is base_url "
-                "right?"
+                f"{self.where}: {self.count} retried requests in a row failed ({reason}) and "
+                f"none has succeeded, so the run stopped early (stop_after_failures="
+                f"{self.limit}); answers already received are kept. Is the server running, and "
+                "is base_url right?"
             )
 
 
@@ -448,7 +450,7 @@ class OpenAIJudge(RateByStreaming):
                 )
             except (openai.APITimeoutError, openai.APIConnectionError) as error:
                 kind, last = connection_failure(error, host, config.timeout_s)
-                stop.failed(kind, last)
+                stop.failed(kind, last, attempt)
             except openai.APIStatusError as error:
                 status = error.status_code
                 message = self._scrub(str(error.message))[:300]
@@ -457,20 +459,20 @@ class OpenAIJudge(RateByStreaming):
                         f"HTTP {status} from {config.endpoint} for model {config.model}: {message}"
                     ) from None
                 if status not in RETRYABLE_STATUS:  # 429 & co. say "slow down", not "down"
-                    stop.failed(f"HTTP {status}", f"HTTP {status}: {message}")
+                    stop.failed(f"HTTP {status}", f"HTTP {status}: {message}", attempt)
                 if status not in RETRYABLE_STATUS and status < 500:
                     raise _Rejected(f"HTTP {status}: {message}") from None
                 last = f"HTTP {status}"
                 wait = retry_after_seconds(error.response.headers)
             except openai.APIError as error:
                 last = f"{type(error).__name__}: {self._scrub(str(error))[:200]}"
-                stop.failed(type(error).__name__, last)
+                stop.failed(type(error).__name__, last, attempt)
             else:
                 try:
                     text = _reply_text(json.loads(raw), usage)
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                     last = "HTTP 200 with a body that is not a chat completion"
-                    stop.failed("not a chat completion", last)
+                    stop.failed("not a chat completion", last, attempt)
                 else:
                     stop.succeeded()
                     return text

@@ -265,3 +265,49 @@ def test_recorded_judge_through_the_flow_gives_a_table_by_trait_id(
     listed = stored["likert_evaluation"].map(json.loads).tolist()
     assert table[[f"t{i:02d}" for i in range(1, 17)]].to_numpy().tolist() == listed
     assert result.metrics["requests"] == 0 and result.metrics["rated"] == 100
+
+
+def test_hal_rate_against_a_closed_port_stops_early_and_exits_non_zero(
+    settings, tmp_path: Path
+) -> None:
+    """The issue's run: 48 dialogues, a judge whose base_url is a closed port, the defaults
+    (16 in flight, 7 attempts). It used to end with exit 0 after minutes, every item "timed
+    out after 180 s"; now it stops within the first retries and says the connection was
+    refused, by whom."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dialogues = tmp_path / "dialogues.csv"
+    table = pd.read_csv(settings.data_path("turing/conversations_full.csv")).head(48)
+    table[["conversation_id", "conversation"]].to_csv(dialogues, index=False)
+    started = time.monotonic()
+    invoked = CliRunner().invoke(
+        app,
+        [
+            "rate",
+            str(dialogues),
+            "--text-column",
+            "conversation",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--model",
+            "fake-judge",
+            "--cache",
+            str(tmp_path / "cache.sqlite"),
+            "--no-progress",
+        ],
+    )
+    elapsed = time.monotonic() - started
+    print(f"closed port: the CLI run (flow, MLflow and judge) ended after {elapsed:.1f} s")
+    assert invoked.exit_code != 0
+    message = str(invoked.exception)
+    assert f"connection refused by 127.0.0.1:{port}" in message
+    assert "stopped early" in message and f"http://127.0.0.1:{port}/v1" in message
+    with RatingCache(tmp_path / "cache.sqlite") as cache:
+        assert cache.counts() == {} and cache.claim_owners() == set()  # nothing left claimed

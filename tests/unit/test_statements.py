@@ -412,3 +412,54 @@ def test_a_judge_that_names_its_failure_kind_in_the_message_is_understood() -> N
     assert (
         failure_kind(StatementProposal(game_id="g", error="x", error_kind="rejected")) == "rejected"
     )
+
+
+def test_the_statement_rule_is_one_rule_for_answers_contracts_and_derivation() -> None:
+    """Until tasks/contracts.py and hal_core/derivation.py import it, their copies must agree."""
+    import json
+
+    import jsonschema
+
+    from hal_core.statements import (
+        STATEMENTS_JSON_SCHEMA,
+        statement_cell_problem,
+        statements_problem,
+    )
+
+    cells = [
+        '["Types in lowercase.", "Makes typos."]',
+        "[]",
+        '["fine", "   "]',
+        '["fine", 3]',
+        '"just text"',
+        "not json at all",
+        None,
+        float("nan"),
+    ]
+    frame = pd.DataFrame(
+        {
+            "_row": range(1, len(cells) + 1),
+            "game_id": range(len(cells)),
+            "human_characteristics": cells,
+        }
+    )
+    derived = {p.row: (p.rule, p.detail) for p in statement_cell_problems(frame)}
+    for row, cell in enumerate(cells, start=1):
+        ours = statement_cell_problem(cell)
+        assert ours == derived.get(row), cell  # derivation's copy
+        parsed = json.loads(cell) if isinstance(cell, str) and cell[:1] in '["' else None
+        schema_ok = parsed is not None and jsonschema.Draft7Validator(
+            STATEMENTS_JSON_SCHEMA
+        ).is_valid(parsed)
+        assert (ours is None) == schema_ok, cell  # the contract's JSON schema
+        if parsed is not None and isinstance(parsed, list):
+            assert statements_problem(parsed) == ours
+    from tasks import contracts
+
+    [schema] = [
+        rule.json_schema
+        for rule in contracts.get_contract("statements").expectations()
+        if getattr(rule, "column", None) == "human_characteristics__json"
+        and hasattr(rule, "json_schema")
+    ]
+    assert schema == STATEMENTS_JSON_SCHEMA  # the contract's copy
