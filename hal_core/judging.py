@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.questionnaire import Questionnaire
+
+T = TypeVar("T")
 
 ErrorKind = Literal["transient", "invalid", "rejected", "input", "missing"]
 """Why an item failed: retries exhausted on 429/5xx/timeouts (``transient``, worth another
@@ -217,6 +219,18 @@ class StreamingJudge(Judge, Protocol):
         ...
 
 
+def collect_streamed(count: int, stream: Callable[[Callable[[int, T], None]], None]) -> list[T]:
+    """What ``stream(on_result)`` reports for ``count`` inputs, in input order (an input it
+    never reported is left out: the caller's runner records it as unanswered)."""
+    answers: list[T | None] = [None] * count
+
+    def keep(position: int, answer: T) -> None:
+        answers[position] = answer
+
+    stream(keep)
+    return [answer for answer in answers if answer is not None]
+
+
 class RateByStreaming:
     """Mixin for a class with ``rate_streaming``: its ``rate`` collects the streamed results."""
 
@@ -228,13 +242,10 @@ class RateByStreaming:
         item_ids: Sequence[str] | None = None,
     ) -> list[RatingResult]:
         """One result per dialogue, in input order."""
-        results: list[RatingResult | None] = [None] * len(dialogues)
-
-        def keep(position: int, result: RatingResult) -> None:
-            results[position] = result
-
-        self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep)
-        return [result for result in results if result is not None]
+        return collect_streamed(
+            len(dialogues),
+            lambda keep: self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep),
+        )
 
 
 def item_ids_or_positions(dialogues: Sequence[str], item_ids: Sequence[str] | None) -> list[str]:

@@ -92,6 +92,16 @@ def retry_unless_misconfigured(task, task_run, state) -> bool:
     return not isinstance(getattr(state, "data", None), JudgeConfigurationError)
 
 
+JUDGE_TASK: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 1,
+    "retry_delay_seconds": 10,
+    "retry_condition_fn": retry_unless_misconfigured,
+}
+"""Options of a task that asks a judge: one retry after a crash (the cache keeps what was
+answered), none after a wrong key, model or endpoint."""
+
+
 @contextmanager
 def progress_bar(
     enabled: bool, unit: str = "dialogue", desc: str = "rating"
@@ -146,13 +156,7 @@ def log_run_outcome(run: JudgeRun, answered: str) -> None:
     )
 
 
-@task(
-    name="rate_with_judge",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_misconfigured,
-)
+@task(name="rate_with_judge", **JUDGE_TASK)
 def rate_with_judge(
     dialogues: list[str],
     questionnaire: Questionnaire,

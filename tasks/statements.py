@@ -18,13 +18,13 @@ from hal_core.statements import ProposalRun, proposal_metrics, propose_cached
 from hal_core.tables import file_sha256, read_table
 from tasks import tracking
 from tasks.rating import (
+    JUDGE_TASK,
     judge_params,
     judge_run_hooks,
     judge_run_metrics,
     log_run_outcome,
     param_text,
     resolve_api_key,
-    retry_unless_misconfigured,
 )
 
 
@@ -38,13 +38,7 @@ def read_games(path: Path, limit: int | None = None) -> pd.DataFrame:
     return table
 
 
-@task(
-    name="propose_with_judge",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_misconfigured,
-)
+@task(name="propose_with_judge", **JUDGE_TASK)
 def propose_with_judge(
     games: list[Game],
     tags: SpeakerTags,

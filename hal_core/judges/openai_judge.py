@@ -62,6 +62,7 @@ from hal_core.judging import (
     ResultCallback,
     StatementProposal,
     UsageEstimate,
+    collect_streamed,
     item_ids_or_positions,
 )
 from hal_core.questionnaire import Questionnaire
@@ -259,13 +260,7 @@ class OpenAIJudge(RateByStreaming):
     def propose_statements(
         self, games: Sequence[Game], tags: SpeakerTags
     ) -> list[StatementProposal]:
-        proposals: list[StatementProposal | None] = [None] * len(games)
-
-        def keep(position: int, proposal: StatementProposal) -> None:
-            proposals[position] = proposal
-
-        self.propose_streaming(games, tags, keep)
-        return [proposal for proposal in proposals if proposal is not None]
+        return collect_streamed(len(games), lambda keep: self.propose_streaming(games, tags, keep))
 
     def propose_streaming(
         self,
@@ -284,9 +279,20 @@ class OpenAIJudge(RateByStreaming):
         self, dialogues: Sequence[str], questionnaire: Questionnaire, tags: SpeakerTags
     ) -> UsageEstimate:
         """Tokens and cost of rating ``dialogues`` (first requests; repairs and reasoning
-        tokens not counted), and which are over ``max_input_chars``: no request is made."""
+        tokens not counted), and which are over ``max_input_chars``: no request is made.
+
+        A dialogue's prompt is the instructions plus the dialogue as rendered, which is never
+        much longer than its text; only a dialogue whose text comes near the cap is rendered
+        here, to decide exactly (a whole run is estimated before its first request).
+        """
+        instructions = _prompt_chars(rating_messages("", questionnaire, tags))
+        cap = self.config.max_input_chars
         sizes: list[int | None] = []
         for text in dialogues:
+            bound = instructions + len(text) + len(text) // 4 + 64  # ": " per short turn
+            if cap is None or bound <= cap:
+                sizes.append(instructions + len(text))
+                continue
             try:
                 rendered = render_dialogue(text, tags, self.config.include_other_speakers)
             except EmptyDialogueError:

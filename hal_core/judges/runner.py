@@ -134,22 +134,27 @@ class JudgeRun(Generic[A]):
 
 
 class _Writer:
-    """Commits answers to the cache on one background thread, in arrival order, every answer
-    waiting at the time in one transaction.
+    """Commits answers to the cache on one background thread, in arrival order: every
+    ``linger_s`` (and on ``flush``), all answers queued by then in one transaction.
 
     An async judge reports answers on its event loop; a commit there (a disk write per answer)
-    would stall every request in flight. ``put`` only queues; ``flush`` waits for the queue to
-    be written and raises the first write error, which also stops later ``put`` calls (no
+    would stall every request in flight, and so would waking a writer thread per answer (each
+    wake-up takes the GIL from the loop). ``put`` only queues, so a killed run loses at most
+    the answers of the last ``linger_s`` besides those in flight. ``flush`` waits for the queue
+    to be written and raises the first write error, which also stops later ``put`` calls (no
     asking into a cache that no longer takes writes).
     """
 
-    def __init__(self, cache: AnswerStore | None, judge: str, version: str) -> None:
+    def __init__(
+        self, cache: AnswerStore | None, judge: str, version: str, linger_s: float = 0.05
+    ) -> None:
         self._cache, self._judge, self._version = cache, judge, version
+        self._linger_s = linger_s
         self._queue: list[tuple[str, object, str]] = []
         self._condition = threading.Condition()
         self._queued = self._written = 0
         self._error: BaseException | None = None
-        self._closed = False
+        self._hurry = self._closed = False
         self._thread: threading.Thread | None = None
         if cache is not None:
             self._thread = threading.Thread(target=self._loop, name="hal-cache", daemon=True)
@@ -163,16 +168,16 @@ class _Writer:
                 raise self._error
             self._queue.append((key, answer, content_sha256))
             self._queued += 1
-            self._condition.notify_all()
 
     def _loop(self) -> None:
         while True:
             with self._condition:
-                while not self._queue and not self._closed:
-                    self._condition.wait()
-                batch, self._queue = self._queue, []
-                if not batch:
+                self._condition.wait_for(lambda: self._hurry or self._closed, self._linger_s)
+                batch, self._queue, self._hurry = self._queue, [], False
+                if not batch and self._closed:
                     return
+            if not batch:
+                continue
             try:
                 self._cache.put_many(batch, judge=self._judge, version=self._version)
             except BaseException as error:  # handed to the asking thread by flush/put
@@ -189,12 +194,15 @@ class _Writer:
         if self._thread is None:
             return
         with self._condition:
+            self._hurry = True
+            self._condition.notify_all()
             while self._written < self._queued and self._error is None:
                 self._condition.wait()
             if self._error is not None:
                 raise self._error
 
     def close(self) -> None:
+        """Commit what is queued (unless writing failed) and stop the thread."""
         if self._thread is None:
             return
         with self._condition:
@@ -394,33 +402,24 @@ def ask_cached(
         return [key for key in keys if key not in done]
 
     advance()
-    writer = _Writer(cache, fingerprint, version)
-    try:
-        with _Claims(cache, lease_s) as claims:
+
+    def estimate(keys: Sequence[str]) -> UsageEstimate | None:
+        if question.estimate is None or not keys:
+            return None
+        return question.estimate([first[key] for key in keys])
+
+    with _Claims(cache, lease_s) as claims:
+        writer = _Writer(cache, fingerprint, version)
+        asking = _Asking(question, first, hashes, writer, results, stats, advance)
+        try:
             mine = claims.take(todo)
             waiting = [key for key in todo if key not in mine]
             ask = settle([key for key in todo if key in mine])
             stats.claimed_elsewhere = len(waiting)
-
-            def estimate(keys: Sequence[str]) -> UsageEstimate | None:
-                if question.estimate is None or not keys:
-                    return None
-                return question.estimate([first[key] for key in keys])
-
             planned = estimate(ask)
             if on_plan:
-                on_plan(
-                    RunPlan(
-                        question.noun,
-                        stats.items,
-                        stats.unique,
-                        stats.cache_hits,
-                        len(ask),
-                        len(waiting),
-                        planned,
-                    )
-                )
-            asking = _Asking(question, first, hashes, writer, results, stats, advance)
+                counts = (stats.items, stats.unique, stats.cache_hits, len(ask), len(waiting))
+                on_plan(RunPlan(question.noun, *counts, planned))
             asking.run(ask, planned, chunk_size)
             while waiting:  # another run is asking these: read its answers, or take over
                 waiting = settle(waiting)
@@ -432,9 +431,9 @@ def ask_cached(
                     waiting = [key for key in waiting if key not in taken]
                 elif waiting:
                     time.sleep(min(1.0, lease_s / 4))
-            writer.flush()  # committed before the claims are released
-    finally:
-        writer.close()
+            writer.flush()
+        finally:
+            writer.close()  # what was answered is committed before the claims are released
     fresh = asking.fresh
 
     if cache is not None:  # another run may have stored an answer meanwhile: the cache kept it

@@ -315,22 +315,24 @@ def _rate_in_another_process(cache_path: str, base_url: str, texts: list[str], r
 
 
 def test_two_runs_on_one_cache_ask_for_each_item_once(tmp_path: Path) -> None:
+    import hal_core.judges.openai_judge  # noqa: F401 - imported once, before forking
     from tests.fakes.openai_server import FakeOpenAIServer
 
     texts = [f"I: hi {i}\nW: hello, i am number {i}" for i in range(200)]
-    spawn = multiprocessing.get_context("spawn")
-    ready, go, out = spawn.Barrier(3), spawn.Event(), spawn.Queue()
-    with FakeOpenAIServer(latency_s=0.02, api_key="sk-two-runs-test") as server:
-        runs = [
-            spawn.Process(
-                target=_rate_in_another_process,
-                args=(str(tmp_path / "c.sqlite"), server.base_url, texts, ready, go, out),
-            )
-            for _ in range(2)
-        ]
-        for run in runs:
-            run.start()
-        ready.wait(120)  # both processes are up, their caches open: start together
+    fork = multiprocessing.get_context("fork")  # forked before the server thread starts
+    ready, go, out = fork.Barrier(3), fork.Event(), fork.Queue()
+    server = FakeOpenAIServer(latency_s=0.02, api_key="sk-two-runs-test")
+    runs = [
+        fork.Process(
+            target=_rate_in_another_process,
+            args=(str(tmp_path / "c.sqlite"), server.base_url, texts, ready, go, out),
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+    with server:
+        ready.wait(60)  # both processes have their cache open: start together
         go.set()
         results = [out.get(timeout=120) for _ in runs]
         for run in runs:
