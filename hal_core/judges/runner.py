@@ -4,8 +4,9 @@
 :func:`ask_cached` keys every item by its content, serves finished ones from the cache, lets
 one policy decide which stored failures are asked again, claims what it will ask so that a
 second run on the same file does not pay for it too, asks the judge (streaming when it can,
-else in chunks), commits each answer as it arrives on one background writer, and ends every
-input answered or failed with its reason: an answer the judge never gave is recorded as a
+else in chunks), commits answers as they arrive on one background writer (a few
+milliseconds later, many to a transaction), and ends every input answered or failed with its
+reason: an answer the judge never gave is recorded as a
 ``transient`` failure (asked again by the next run), never raised and never dropped.
 """
 
@@ -146,7 +147,7 @@ class _Writer:
     """
 
     def __init__(
-        self, cache: AnswerStore | None, judge: str, version: str, linger_s: float = 0.05
+        self, cache: AnswerStore | None, judge: str, version: str, linger_s: float = 0.02
     ) -> None:
         self._cache, self._judge, self._version = cache, judge, version
         self._linger_s = linger_s
