@@ -6,8 +6,8 @@ one policy decide which stored failures are asked again, claims what it will ask
 second run on the same file does not pay for it too, asks the judge (streaming when it can,
 else in chunks), commits answers as they arrive on one background writer (a few
 milliseconds later, many to a transaction), and ends every input answered or failed with its
-reason: an answer the judge never gave is recorded as a
-``transient`` failure (asked again by the next run), never raised and never dropped.
+reason: an answer the judge never gave is recorded as a ``transient`` failure (asked again by
+the next run), never raised and never dropped.
 """
 
 from __future__ import annotations
