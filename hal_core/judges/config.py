@@ -202,8 +202,9 @@ class OpenAIJudgeConfig(_JudgeConfig):
     max_input_chars: int | None = Field(
         default=100_000,
         ge=1,
-        description="Longest prompt sent, in characters (about 4 a token): a longer item fails "
-        "as kind 'input' with its size, without a request; None = no cap.",
+        description="Longest prompt sent for one item (a dialogue to rate, a game to read), in "
+        "characters (about 4 a token): a longer item fails as kind 'input' with its size, "
+        "without a request; None = no cap.",
     )
     price_prompt_per_mtok: float = Field(
         default=0.0,

@@ -350,10 +350,7 @@ class OpenAIJudge(RateByStreaming):
     async def _complete_text(self, prompt: str) -> str:
         client = self._client()
         where = self._where()
-        messages = [{"role": "user", "content": prompt}]
-        problem = self._too_long(_prompt_chars(messages))
-        if problem is not None:
-            raise JudgeError(f"{where}: {problem}")
+        messages = [{"role": "user", "content": prompt}]  # one prompt: not held to the cap
         stop = _EarlyStop(self.config.stop_after_failures, where)
         try:
             reply = await self._complete(client, messages, self._request_body(None), _Usage(), stop)
