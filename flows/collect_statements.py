@@ -3,9 +3,9 @@
 ``elapsed_time``).
 
 A judge reads both conversations of each game, says which witness was human and what gave the
-human away. Answers are committed to the SQLite cache after every chunk of games, so a killed
-run, started again, asks only for what is missing; failed games are left out of the table and
-listed with their reasons::
+human away. Answers are committed to the SQLite cache as they arrive (after every chunk of
+games for judges that cannot stream), so a killed run, started again, asks only for what is
+missing; failed games are left out of the table and listed with their reasons::
 
     hal collect-statements --model gpt-5 --concurrency 32
     hal collect-statements --judge judge.yaml --limit 50          # judge.yaml: a JudgeConfig
@@ -30,13 +30,8 @@ from hal_core.settings import get_settings
 from hal_core.statements import games_from_table, statements_table
 from hal_core.tables import ROW_COLUMN
 from tasks import tracking
-from tasks.rating import limit_suffix, save_table
-from tasks.statements import (
-    log_statement_run,
-    propose_with_judge,
-    read_games,
-    summary_line,
-)
+from tasks.rating import limit_suffix, save_table, summary_line
+from tasks.statements import log_statement_run, propose_with_judge, read_games
 from tasks.validation import Policy, validate_dataset
 
 GAMES_CONTRACT = "turing_games"
@@ -44,9 +39,10 @@ STATEMENTS_CONTRACT = "statements"
 
 
 class CollectStatementsParams(BaseModel):
-    """Parameters of statement collection (the Prefect UI renders them as a form)."""
+    """Parameters of statement collection (the Prefect UI renders them as a form). Stored by
+    Prefect as the flow run's parameters: the judge config refuses secrets, so none is kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     games_file: str = Field(
         default="turing/games.csv",
@@ -76,7 +72,8 @@ class CollectStatementsParams(BaseModel):
     chunk_size: int = Field(
         default=32,
         ge=1,
-        description="Games per commit to the cache: a killed run loses at most one chunk.",
+        description="Games per request batch of a judge that cannot stream (hf, recorded): "
+        "committed together, so a killed run loses at most one chunk.",
     )
     validation_policy: Policy = Field(
         default="fail",
@@ -87,12 +84,14 @@ class CollectStatementsParams(BaseModel):
 
 
 class CollectStatementsResult(BaseModel):
-    run_id: str
-    output_file: str
-    judge_fingerprint: str
-    prompt_version: str
+    """What statement collection produced, for derive_traits to read."""
+
+    run_id: str = Field(description="MLflow run of this stage.")
+    output_file: str = Field(description="Statements CSV, in the format derive_traits reads.")
+    judge_fingerprint: str = Field(description="Hash of the judge's answer-changing settings.")
+    prompt_version: str = Field(description="Version of the statement prompt.")
     failures: list[dict] = Field(description="game_id, error_kind, error per game left out.")
-    metrics: dict[str, float]
+    metrics: dict[str, float] = Field(description="Counts, tokens, cost, verdict accuracy.")
 
 
 def _as_read(table: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -105,10 +104,9 @@ def _as_read(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 @flow(name="collect_statements", log_prints=True)
 def collect_statements(
-    params: CollectStatementsParams | None = None,
+    params: CollectStatementsParams = CollectStatementsParams(),  # noqa: B008 - never mutated
 ) -> CollectStatementsResult:
     """Ask a judge what gave the human away in every game; write a statements table."""
-    params = params or CollectStatementsParams()
     settings = get_settings()
     games_path = settings.input_path(params.games_file)
     cache_path = Path(params.cache_file or settings.home_dir / "cache" / "ratings.sqlite")

@@ -34,9 +34,10 @@ from tasks.rating import (
 
 
 class RateDialoguesParams(BaseModel):
-    """Parameters of the rating stage (the Prefect UI renders them as a form)."""
+    """Parameters of the rating stage (the Prefect UI renders them as a form). Stored by
+    Prefect as the flow run's parameters: the judge config refuses secrets, so none is kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     input_file: str = Field(
         description="CSV with one dialogue per row; relative paths are looked up here first, "
@@ -78,11 +79,13 @@ class RateDialoguesParams(BaseModel):
 
 
 class RateDialoguesResult(BaseModel):
-    run_id: str
-    output_file: str
-    judge_fingerprint: str
-    questionnaire_version: str
-    metrics: dict[str, float]
+    """What the rating stage produced, for the next stage to read."""
+
+    run_id: str = Field(description="MLflow run of this stage.")
+    output_file: str = Field(description="Ratings CSV: item_id, one column per trait id, status.")
+    judge_fingerprint: str = Field(description="Hash of the judge's answer-changing settings.")
+    questionnaire_version: str = Field(description="Version of the questionnaire rated on.")
+    metrics: dict[str, float] = Field(description="Counts, tokens, latency and cost.")
 
 
 def _tags(params: RateDialoguesParams) -> SpeakerTags:

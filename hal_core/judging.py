@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.questionnaire import Questionnaire
+
+T = TypeVar("T")
 
 ErrorKind = Literal["transient", "invalid", "rejected", "input", "missing"]
 """Why an item failed: retries exhausted on 429/5xx/timeouts (``transient``, worth another
@@ -33,6 +35,11 @@ class JudgeError(RuntimeError):
 
 class JudgeConfigurationError(JudgeError):
     """Wrong key, model or endpoint: every request would fail the same way, so the run stops."""
+
+
+class JudgeUnreachableError(JudgeConfigurationError):
+    """Every request of a run so far failed the same way (refused, timed out, the same HTTP
+    error) and none succeeded: the endpoint is down or wrong, so the run stops early."""
 
 
 class RatingResult(BaseModel):
@@ -68,10 +75,14 @@ class JudgeRunStats:
     """What a run through a judge and its cache did: the accounting that rating and statement
     runs share (per input row, unless said otherwise)."""
 
+    items: int = 0
+    answered: int = 0
     unique: int = 0
     failed: int = 0
     cache_hits: int = 0
     requested: int = 0
+    claimed_elsewhere: int = 0
+    """Distinct items another live run had claimed: waited for, not asked (unique)."""
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -99,6 +110,7 @@ class JudgeRunStats:
             "failures": self.failed,
             "cache_hits": self.cache_hits,
             "requested": self.requested,
+            "claimed_elsewhere": self.claimed_elsewhere,
             "requests": self.requests,
             "tokens": self.prompt_tokens + self.completion_tokens,
             "tokens.prompt": self.prompt_tokens,
@@ -109,6 +121,31 @@ class JudgeRunStats:
         for kind, count in sorted(self.failures_by_kind.items()):
             metrics[f"failures.{kind}"] = count
         return {key: float(value) for key, value in metrics.items()}
+
+
+CHARS_PER_TOKEN = 4
+"""Rough characters per token of English text, for estimates made before any request."""
+
+
+@dataclass(frozen=True)
+class UsageEstimate:
+    """What asking a judge about some items will cost, estimated before any request."""
+
+    items: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None = None
+    """None when the judge's config has no prices."""
+    refused: dict[int, str] = field(default_factory=dict)
+    """Position -> why the item will not be sent (over the judge's input cap)."""
+
+    def describe(self) -> str:
+        cost = "" if self.cost_usd is None else f" = ${self.cost_usd:,.2f}"
+        refused = f"; {len(self.refused)} over the input cap, not sent" if self.refused else ""
+        return (
+            f"~{self.prompt_tokens:,} prompt + ~{self.completion_tokens:,} completion tokens "
+            f"(estimated at {CHARS_PER_TOKEN} characters a token){cost}{refused}"
+        )
 
 
 ResultCallback = Callable[[int, RatingResult], None]
@@ -182,6 +219,18 @@ class StreamingJudge(Judge, Protocol):
         ...
 
 
+def collect_streamed(count: int, stream: Callable[[Callable[[int, T], None]], None]) -> list[T]:
+    """What ``stream(on_result)`` reports for ``count`` inputs, in input order (an input it
+    never reported is left out: the caller's runner records it as unanswered)."""
+    answers: list[T | None] = [None] * count
+
+    def keep(position: int, answer: T) -> None:
+        answers[position] = answer
+
+    stream(keep)
+    return [answer for answer in answers if answer is not None]
+
+
 class RateByStreaming:
     """Mixin for a class with ``rate_streaming``: its ``rate`` collects the streamed results."""
 
@@ -193,13 +242,10 @@ class RateByStreaming:
         item_ids: Sequence[str] | None = None,
     ) -> list[RatingResult]:
         """One result per dialogue, in input order."""
-        results: list[RatingResult | None] = [None] * len(dialogues)
-
-        def keep(position: int, result: RatingResult) -> None:
-            results[position] = result
-
-        self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep)
-        return [result for result in results if result is not None]
+        return collect_streamed(
+            len(dialogues),
+            lambda keep: self.rate_streaming(dialogues, questionnaire, tags, item_ids, keep),
+        )
 
 
 def item_ids_or_positions(dialogues: Sequence[str], item_ids: Sequence[str] | None) -> list[str]:
@@ -208,6 +254,18 @@ def item_ids_or_positions(dialogues: Sequence[str], item_ids: Sequence[str] | No
     if len(ids) != len(dialogues):
         raise ValueError(f"{len(ids)} item ids for {len(dialogues)} dialogues")
     return ids
+
+
+@runtime_checkable
+class EstimatingJudge(Protocol):
+    """A judge that can tell, before any request, what asking about items will cost and which
+    items it will refuse (an API judge with an input cap and prices)."""
+
+    def estimate_ratings(
+        self, dialogues: Sequence[str], questionnaire: Questionnaire, tags: SpeakerTags
+    ) -> UsageEstimate: ...
+
+    def estimate_statements(self, games: Sequence[Game], tags: SpeakerTags) -> UsageEstimate: ...
 
 
 @runtime_checkable

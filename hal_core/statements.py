@@ -1,13 +1,19 @@
 """Live statement collection: a judge reads each Turing game, guesses the human witness and
 says what gave them away; the answers become a statements table for trait derivation.
 
-Proposals go through the same SQLite file as ratings (:class:`ProposalCache`), keyed by the
-judge's fingerprint, the statement prompt's version and the hash of both transcripts. Each
-distinct game is asked once; answers are committed after every chunk of games, so a killed
-run loses at most one chunk and a rerun asks only for what is missing. Failures are stored
-with their reason and kind and asked again only when the caller's policy says so; a stored
-proposal is never replaced by a failure. Nothing is guessed: a game the judge could not answer
-is left out of the statements table and listed, with its reason, in the failures table.
+Proposals go through the runner that rating uses (:func:`hal_core.judges.runner.ask_cached`)
+and the same SQLite file (:class:`ProposalCache`), keyed by the judge's fingerprint, the
+statement prompt's version and the hash of both transcripts. Each distinct game is asked once;
+a streaming judge's answers are committed as they arrive, any other judge's after every chunk
+of games, so a killed run loses at most what was in flight and a rerun asks only for what is
+missing. Failures are stored with their reason and kind and asked again only when the caller's
+policy says so; a stored proposal is never replaced by a failure. Nothing is guessed: a game
+the judge could not answer is left out of the statements table and listed, with its reason,
+in the failures table.
+
+What a usable answer is - a verdict in :data:`VERDICTS` and a non-empty list of non-blank
+statements - is written once here (:func:`statements_problem`, :func:`statement_cell_problem`,
+:data:`STATEMENTS_JSON_SCHEMA`) for the statements contract and trait derivation to import.
 """
 
 from __future__ import annotations
@@ -15,17 +21,22 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import get_args
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.judges.prompting import canonical_json, normalize_text, statement_messages
-from hal_core.judges.runner import RetryPolicy
+from hal_core.judges.runner import (
+    JudgeRun,
+    Question,
+    RetryPolicy,
+    RunPlan,
+    ask_cached,
+    failure_kind,
+)
 from hal_core.judging import (
-    ErrorKind,
     Game,
     JudgeError,
     JudgeRunStats,
@@ -33,8 +44,8 @@ from hal_core.judging import (
     StatementProposer,
     StreamingProposer,
 )
-from hal_core.rating_cache import ProposalCache, proposal_key
-from hal_core.tables import ROW_COLUMN, TableError
+from hal_core.rating_cache import ProposalCache
+from hal_core.tables import ROW_COLUMN, TableError, parse_list_cell
 
 STATEMENT_PROMPT_VERSION = "hal-statements-prompt-v1"
 """Bump when the statement prompt's wording changes: part of every proposal's cache key (a
@@ -46,7 +57,6 @@ VERDICT_COLUMN = "aijudge_verdict"
 STATEMENTS_COLUMN = "human_characteristics"
 ELAPSED_COLUMN = "elapsed_time"
 FAILURE_COLUMNS = ("game_id", "error_kind", "error")
-UNKNOWN_KIND = "unknown"
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +135,55 @@ def statement_prompt_version(tags: SpeakerTags) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The statement rules: what a usable answer is (one home; contracts and derivation read it)
+
+
+VERDICTS = ("A", "B")
+"""A verdict names the witness the judge thinks is human."""
+
+RULE_MISSING = "missing cell"
+RULE_NOT_LIST = "not a JSON list"
+RULE_EMPTY = "empty list"
+RULE_NON_STRING = "non-string item"
+RULE_BLANK = "blank item"
+
+STATEMENTS_JSON_SCHEMA: dict = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "string", "minLength": 1, "pattern": r"\S"},
+}
+"""The rule below as JSON Schema, for a Great Expectations contract on the list cell."""
+
+
+def statements_problem(items: object) -> tuple[str, str] | None:
+    """(rule, detail) when a parsed statements value is not a non-empty list of non-blank
+    strings; None when it is."""
+    if items is None:
+        return RULE_MISSING, "no statements"
+    if not isinstance(items, list):
+        return RULE_NOT_LIST, f"{str(items)[:60]!r}"
+    if not items:
+        return RULE_EMPTY, "no statements in the list"
+    for position, item in enumerate(items, start=1):
+        if not isinstance(item, str):
+            return RULE_NON_STRING, f"item {position} is {type(item).__name__}: {item!r:.40}"
+        if not item.strip():
+            return RULE_BLANK, f"item {position} is blank"
+    return None
+
+
+def statement_cell_problem(cell: object) -> tuple[str, str] | None:
+    """(rule, detail) when a statements table cell (a JSON list, as written to CSV) breaks
+    the rule of :func:`statements_problem`; None when it holds a usable list."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        return RULE_MISSING, "no statements"
+    items = parse_list_cell(cell)
+    if items is None:
+        return RULE_NOT_LIST, f"{str(cell)[:60]!r}"
+    return statements_problem(items)
+
+
+# --------------------------------------------------------------------------------------------
 # Proposing through the cache
 
 
@@ -132,41 +191,32 @@ def statement_prompt_version(tags: SpeakerTags) -> str:
 class ProposalStats(JudgeRunStats):
     """What a collection run did, for metrics (per input row unless said otherwise)."""
 
-    games: int = 0
-    proposed: int = 0
+    @property
+    def games(self) -> int:
+        return self.items
+
+    @property
+    def proposed(self) -> int:
+        return self.answered
 
 
 @dataclass
-class ProposalRun:
+class ProposalRun(JudgeRun[StatementProposal]):
     """Per input game: the cache key and the final proposal (or failure)."""
 
-    keys: list[str]
-    game_ids: list[str]
-    results: dict[str, StatementProposal]
-    stats: ProposalStats
-    fingerprint: str
-    prompt_version: str
+    game_ids: list[str] = field(default_factory=list)
+
+    @property
+    def prompt_version(self) -> str:
+        return self.version
 
     def proposal_for_row(self, row: int) -> StatementProposal:
-        return self.results[self.keys[row]].model_copy(update={"game_id": self.game_ids[row]})
-
-
-def failure_kind(proposal: StatementProposal) -> str:
-    """The failure's kind; from a ``"<kind>: reason"`` message for backends that set none."""
-    if proposal.error_kind is not None:
-        return proposal.error_kind
-    head, colon, _ = (proposal.error or "").partition(":")
-    return head if colon and head in get_args(ErrorKind) else UNKNOWN_KIND
-
-
-def _should_retry(proposal: StatementProposal, policy: RetryPolicy) -> bool:
-    if proposal.ok or policy == "none":
-        return False
-    return policy == "all" or failure_kind(proposal) == "transient"
+        return self.answer_for_row(row).model_copy(update={"game_id": self.game_ids[row]})
 
 
 def _checked(answer: StatementProposal, game: Game) -> StatementProposal:
-    """The answer as stored: a usable verdict and non-blank statements, or a failure."""
+    """The answer as stored: a verdict in :data:`VERDICTS` and statements that keep the rule
+    once blank ones are dropped, or a failure of kind ``invalid``."""
     if answer.game_id != game.game_id:
         raise JudgeError(f"judge answered game {answer.game_id} when asked for {game.game_id}")
     if not answer.ok:
@@ -176,15 +226,41 @@ def _checked(answer: StatementProposal, game: Game) -> StatementProposal:
     verdict = answer.verdict.strip().upper()
     statements = [s for s in answer.statements if isinstance(s, str) and s.strip()]
     problem = None
-    if verdict not in ("A", "B"):
+    if verdict not in VERDICTS:
         problem = f"verdict {answer.verdict!r} is not 'A' or 'B'"
-    elif not statements:
-        problem = "no statements"
+    elif (broken := statements_problem(statements)) is not None:
+        problem = f"statements: {broken[0]} ({broken[1]})"
     if problem is not None:
         return answer.model_copy(
             update={"verdict": None, "statements": [], "error": problem, "error_kind": "invalid"}
         )
     return answer.model_copy(update={"verdict": verdict, "statements": statements})
+
+
+def statement_question(
+    proposer: StatementProposer, tags: SpeakerTags
+) -> Question[Game, StatementProposal]:
+    """Reading a game and saying what gave the human away, as a question for ``ask_cached``."""
+    streaming = None
+    if isinstance(proposer, StreamingProposer):
+
+        def streaming(games, ids, on_answer) -> None:
+            proposer.propose_streaming(games, tags, on_answer)
+
+    estimate = getattr(proposer, "estimate_statements", None)
+    return Question(
+        noun="game",
+        content_sha256=lambda game: game_sha256(game, tags),
+        item_id=lambda game, key: game.game_id,
+        answer_id=lambda proposal: proposal.game_id,
+        ask=lambda games, ids: proposer.propose_statements(games, tags),
+        accept=lambda proposal, game, key: _checked(proposal, game),
+        failure=lambda game, key, reason, kind: StatementProposal(
+            game_id=game.game_id, error=reason, error_kind=kind
+        ),
+        ask_streaming=streaming,
+        estimate=(lambda games: estimate(games, tags)) if estimate else None,
+    )
 
 
 def propose_cached(
@@ -196,89 +272,30 @@ def propose_cached(
     chunk_size: int = 32,
     retry_failures: RetryPolicy = "transient",
     on_progress: Callable[[int, int], None] | None = None,
+    on_plan: Callable[[RunPlan], None] | None = None,
 ) -> ProposalRun:
-    """Propose statements for every game, serving finished ones from ``cache``.
+    """Propose statements for every game, serving finished ones from ``cache``
+    (:func:`hal_core.judges.runner.ask_cached`).
 
     Games with the same transcripts are asked once. A streaming proposer's answers are committed
-    one by one as they arrive; any other proposer's after every chunk of ``chunk_size`` games.
-    ``retry_failures`` decides which stored failures are asked again; ``on_progress(done,
-    total)`` counts distinct games.
+    as they arrive; any other proposer's after every chunk of ``chunk_size`` games.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     fingerprint = proposer.fingerprint()
     version = statement_prompt_version(tags)
-    keys: list[str] = []
-    first: dict[str, Game] = {}
-    hashes: dict[str, str] = {}
-    for game in games:
-        digest = game_sha256(game, tags)
-        key = proposal_key(fingerprint, version, digest)
-        first.setdefault(key, game)
-        hashes[key] = digest
-        keys.append(key)
-
-    stats = ProposalStats(games=len(keys), unique=len(first))
-    results: dict[str, StatementProposal] = {}
-    stored = cache.get_many(first) if cache is not None else {}
-    for key, proposal in stored.items():
-        if not _should_retry(proposal, retry_failures):
-            results[key] = proposal
-    stats.cache_hits = len(results)
-    todo = [key for key in first if key not in results]
-    stats.requested = len(todo)
-    if on_progress:
-        on_progress(len(results), stats.unique)
-
-    fresh: list[StatementProposal] = []
-
-    def commit(chunk: list[str], answers: Sequence[StatementProposal]) -> None:
-        asked = [first[key] for key in chunk]
-        if len(answers) != len(asked):
-            raise JudgeError(f"judge returned {len(answers)} proposals for {len(asked)} games")
-        checked = [_checked(a, g) for a, g in zip(answers, asked, strict=True)]
-        if cache is not None:
-            cache.put_many(
-                [(key, p, hashes[key]) for key, p in zip(chunk, checked, strict=True)],
-                judge=fingerprint,
-                prompt=version,
-            )
-            # another run may have stored a proposal meanwhile: the cache keeps it, so do we
-            lost = [key for key, p in zip(chunk, checked, strict=True) if not p.ok]
-            kept = {k: p for k, p in cache.get_many(lost).items() if p.ok} if lost else {}
-        else:
-            kept = {}
-        for key, proposal in zip(chunk, checked, strict=True):
-            if key in results:
-                raise JudgeError(f"judge answered game {first[key].game_id} twice")
-            results[key] = kept.get(key, proposal)
-        fresh.extend(checked)
-        if on_progress:
-            on_progress(len(results), stats.unique)
-
-    if isinstance(proposer, StreamingProposer):  # one commit per game, no chunk barrier
-        proposer.propose_streaming(
-            [first[key] for key in todo],
-            tags,
-            lambda position, answer: commit([todo[position]], [answer]),
-        )
-        unanswered = [key for key in todo if key not in results]
-        if unanswered:
-            raise JudgeError(f"judge gave no proposal for {len(unanswered)} games")
-    else:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            commit(chunk, proposer.propose_statements([first[key] for key in chunk], tags))
-
-    for key in keys:
-        proposal = results[key]
-        if proposal.ok:
-            stats.proposed += 1
-        else:
-            stats.count_failure(failure_kind(proposal))
-    for proposal in fresh:
-        stats.add_usage(proposal)
-    return ProposalRun(keys, [g.game_id for g in games], results, stats, fingerprint, version)
+    stats = ProposalStats()
+    keys, results = ask_cached(
+        statement_question(proposer, tags),
+        games,
+        stats,
+        fingerprint=fingerprint,
+        version=version,
+        cache=cache,
+        retry_failures=retry_failures,
+        chunk_size=chunk_size,
+        on_progress=on_progress,
+        on_plan=on_plan,
+    )
+    return ProposalRun(keys, results, stats, fingerprint, version, [g.game_id for g in games])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Tasks of the rating stage: read dialogues, rate them through judge + cache, save, log."""
+"""Tasks of the rating stage: read dialogues, rate them through judge + cache, save, log.
+
+The helpers every judge-backed stage shares (API key, progress bar and plan log, the run's
+outcome line, metrics with cost, the summary line) live here once; statement collection
+(tasks/statements.py) uses them too."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from hal_core.dialogue import SpeakerTags
 from hal_core.judges import JudgeConfig, build_judge, rate_cached
 from hal_core.judges.config import API_KEY_ENV, OpenAIJudgeConfig
-from hal_core.judges.runner import ID_COLUMN, RatingRun, RetryPolicy
-from hal_core.judging import JudgeConfigurationError
+from hal_core.judges.runner import ID_COLUMN, JudgeRun, RatingRun, RetryPolicy, RunPlan
+from hal_core.judging import JudgeConfigurationError, JudgeRunStats
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import RatingCache
 from hal_core.tables import ROW_COLUMN, TableError, read_table
@@ -87,6 +92,16 @@ def retry_unless_misconfigured(task, task_run, state) -> bool:
     return not isinstance(getattr(state, "data", None), JudgeConfigurationError)
 
 
+JUDGE_TASK: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 1,
+    "retry_delay_seconds": 10,
+    "retry_condition_fn": retry_unless_misconfigured,
+}
+"""Options of a task that asks a judge: one retry after a crash (the cache keeps what was
+answered), none after a wrong key, model or endpoint."""
+
+
 @contextmanager
 def progress_bar(
     enabled: bool, unit: str = "dialogue", desc: str = "rating"
@@ -111,13 +126,37 @@ def progress_bar(
         bar.close()
 
 
-@task(
-    name="rate_with_judge",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_misconfigured,
-)
+@contextmanager
+def judge_run_hooks(
+    progress: bool, unit: str = "dialogue", desc: str = "rating"
+) -> Iterator[dict[str, Any]]:
+    """``on_progress`` (a bar when asked) and ``on_plan`` (logs what will be asked and its
+    estimated tokens and cost, before the first request) for a run through a judge."""
+    logger = get_run_logger()
+
+    def on_plan(plan: RunPlan) -> None:
+        logger.info("%s", plan.describe())
+
+    with progress_bar(progress, unit=unit, desc=desc) as on_progress:
+        yield {"on_progress": on_progress, "on_plan": on_plan}
+
+
+def log_run_outcome(run: JudgeRun, answered: str) -> None:
+    """One log line of what a run through a judge did (``answered``: "rated", "proposed")."""
+    stats = run.stats
+    get_run_logger().info(
+        "%s %d, failed %d, cache hits %d, requested %d, waited for another run %d (judge %s)",
+        answered,
+        stats.answered,
+        stats.failed,
+        stats.cache_hits,
+        stats.requested,
+        stats.claimed_elsewhere,
+        run.fingerprint,
+    )
+
+
+@task(name="rate_with_judge", **JUDGE_TASK)
 def rate_with_judge(
     dialogues: list[str],
     questionnaire: Questionnaire,
@@ -130,25 +169,11 @@ def rate_with_judge(
 ) -> RatingRun:
     """Rate dialogues through the cache, committing each result as it arrives."""
     judge = build_judge(judge_config, api_key=resolve_api_key(judge_config), data_dir=data_dir)
-    with RatingCache(cache_path) as cache, progress_bar(progress) as on_progress:
+    with RatingCache(cache_path) as cache, judge_run_hooks(progress) as hooks:
         run = rate_cached(
-            judge,
-            dialogues,
-            questionnaire,
-            tags,
-            cache,
-            retry_failures=retry_failures,
-            on_progress=on_progress,
+            judge, dialogues, questionnaire, tags, cache, retry_failures=retry_failures, **hooks
         )
-    stats = run.stats
-    get_run_logger().info(
-        "rated %d, failed %d, cache hits %d, requested %d (judge %s)",
-        stats.rated,
-        stats.failed,
-        stats.cache_hits,
-        stats.requested,
-        run.fingerprint,
-    )
+    log_run_outcome(run, "rated")
     return run
 
 
@@ -168,20 +193,25 @@ def save_table(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def rating_metrics(run: RatingRun, judge_config: JudgeConfig) -> dict[str, float]:
-    """The stage's metrics: counts, tokens, latency quantiles and estimated cost."""
-    stats = run.stats
+def judge_run_metrics(stats: JudgeRunStats, judge_config: JudgeConfig) -> dict[str, float]:
+    """Failures, cache hits, requests, tokens, latency and the estimated cost of the tokens
+    an API judge used: the metrics every judge-backed stage logs."""
     cost = (
         judge_config.estimated_cost(stats.prompt_tokens, stats.completion_tokens)
         if isinstance(judge_config, OpenAIJudgeConfig)
         else 0.0
     )
+    return {**stats.usage_metrics(), "estimated_cost_usd": cost}
+
+
+def rating_metrics(run: RatingRun, judge_config: JudgeConfig) -> dict[str, float]:
+    """The stage's metrics: counts, tokens, latency quantiles and estimated cost."""
+    stats = run.stats
     metrics = {
         "items": stats.items,
         "unique_dialogues": stats.unique,
         "rated": stats.rated,
-        **stats.usage_metrics(),
-        "estimated_cost_usd": cost,
+        **judge_run_metrics(stats, judge_config),
     }
     return {key: float(value) for key, value in metrics.items() if not np.isnan(value)}
 
@@ -245,6 +275,21 @@ def log_rating_run(
     return metrics
 
 
+SUMMARY_KEYS = (
+    "rated",
+    "proposed",
+    "failures",
+    "cache_hits",
+    "claimed_elsewhere",
+    "requests",
+    "tokens",
+    "estimated_cost_usd",
+    "statements",
+    "verdict_accuracy",
+    "latency_p50_s",
+)
+
+
 def summary_line(metrics: dict[str, float]) -> str:
-    keys = ("rated", "failures", "cache_hits", "requests", "tokens", "latency_p50_s")
-    return json.dumps({key: metrics.get(key) for key in keys})
+    """The metrics a person reads first after a judge-backed stage, as one JSON line."""
+    return json.dumps({key: metrics[key] for key in SUMMARY_KEYS if key in metrics})

@@ -3,15 +3,14 @@ log."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from hal_core.dialogue import SpeakerTags
-from hal_core.judges import JudgeConfig, OpenAIJudgeConfig, build_judge
+from hal_core.judges import JudgeConfig, build_judge
 from hal_core.judges.runner import RetryPolicy
 from hal_core.judging import Game, JudgeConfigurationError, StatementProposer
 from hal_core.rating_cache import ProposalCache
@@ -19,11 +18,13 @@ from hal_core.statements import ProposalRun, proposal_metrics, propose_cached
 from hal_core.tables import file_sha256, read_table
 from tasks import tracking
 from tasks.rating import (
+    JUDGE_TASK,
     judge_params,
+    judge_run_hooks,
+    judge_run_metrics,
+    log_run_outcome,
     param_text,
-    progress_bar,
     resolve_api_key,
-    retry_unless_misconfigured,
 )
 
 
@@ -37,13 +38,7 @@ def read_games(path: Path, limit: int | None = None) -> pd.DataFrame:
     return table
 
 
-@task(
-    name="propose_with_judge",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_misconfigured,
-)
+@task(name="propose_with_judge", **JUDGE_TASK)
 def propose_with_judge(
     games: list[Game],
     tags: SpeakerTags,
@@ -64,26 +59,12 @@ def propose_with_judge(
         )
     with (
         ProposalCache(cache_path) as cache,
-        progress_bar(progress, unit="game", desc="proposing") as on_progress,
+        judge_run_hooks(progress, unit="game", desc="proposing") as hooks,
     ):
         run = propose_cached(
-            judge,
-            games,
-            tags,
-            cache,
-            chunk_size=chunk_size,
-            retry_failures=retry_failures,
-            on_progress=on_progress,
+            judge, games, tags, cache, chunk_size=chunk_size, retry_failures=retry_failures, **hooks
         )
-    stats = run.stats
-    get_run_logger().info(
-        "proposed %d, failed %d, cache hits %d, requested %d (judge %s)",
-        stats.proposed,
-        stats.failed,
-        stats.cache_hits,
-        stats.requested,
-        run.fingerprint,
-    )
+    log_run_outcome(run, "proposed")
     return run
 
 
@@ -91,13 +72,8 @@ def statement_metrics(
     run: ProposalRun, games: pd.DataFrame, judge_config: JudgeConfig
 ) -> dict[str, float]:
     """The stage's metrics, with the estimated cost of an API judge."""
-    metrics = proposal_metrics(run, games)
-    if isinstance(judge_config, OpenAIJudgeConfig):
-        stats = run.stats
-        metrics["estimated_cost_usd"] = judge_config.estimated_cost(
-            stats.prompt_tokens, stats.completion_tokens
-        )
-    return metrics
+    cost = judge_run_metrics(run.stats, judge_config)["estimated_cost_usd"]
+    return proposal_metrics(run, games) | {"estimated_cost_usd": cost}
 
 
 @task(name="log_statement_run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -142,8 +118,3 @@ def log_statement_run(
         "statements_summary.json",
     )
     return metrics
-
-
-def summary_line(metrics: dict[str, float]) -> str:
-    keys = ("proposed", "failures", "cache_hits", "requests", "statements", "verdict_accuracy")
-    return json.dumps({key: metrics.get(key) for key in keys})

@@ -1,35 +1,145 @@
 """Typed judge configurations, one model per backend, selected by the ``backend`` field.
 
 Secrets never live here: the OpenAI-compatible backend names *where* its key comes from (an
-environment variable or a Prefect Secret block); the task layer resolves it at run time.
+environment variable or a Prefect Secret block); the task layer resolves it at run time. A
+config is logged to MLflow and, inside a stage's parameters, stored by Prefect as the flow
+run's parameters, so a key written into one - under ``api_key``, inside ``base_url``
+(``http://user:key@host``) or in any other field - is refused. It is refused rather than moved
+aside because Prefect serializes the parameters model to run a deployment elsewhere: a key kept
+in it would be stored in plain text, or masked and lost on the worker. The refusal never
+repeats the secret (pydantic's errors quote inputs; the offending value is redacted first).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from hal_core.judges.prompting import PROMPT_VERSION, canonical_json
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
+_FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 API_KEY_ENV = "HAL_JUDGE_API_KEY"
 """Environment variable with the judge's API key, tried before a config's ``api_key_env``."""
 
+WHERE_KEYS_GO = (
+    f"a judge config only names where its key comes from: set {API_KEY_ENV}, name an "
+    "environment variable in api_key_env, or a Prefect Secret block in api_key_secret_block"
+)
+_SECRET_NAME = re.compile(
+    r"(?i)^(api[_-]?key|key|secret|token|access[_-]?token|password|passwd|authorization)$"
+)
+_SECRET_VALUE = re.compile(
+    r"^(?:bearer\s+)?(?:"
+    r"(?:sk|rk|gsk|xai|hf|ghp|gho|ghs|github_pat|glpat|pplx|nvapi|r8|fw)[-_][A-Za-z0-9_\-]{16,}"
+    r"|AIza[0-9A-Za-z_\-]{30,}"
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
+    r")$",
+    re.IGNORECASE,
+)
+
+
+def looks_like_secret(value: str) -> bool:
+    """Whether a string has the shape of an API key or bearer token (known vendor prefixes,
+    JWTs); model names, URLs and variable names do not."""
+    return bool(_SECRET_VALUE.match(value.strip()))
+
+
+REDACTED = "<redacted secret"
+"""What a secret found in a raw config becomes before validation (so no error repeats it)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a password or token: userinfo becomes ``***@``, secret-looking query
+    values ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        query = "&".join(
+            f"{name}={'***' if _SECRET_NAME.match(name) or looks_like_secret(value) else value}"
+            for name, value in parse_qsl(query, keep_blank_values=True)
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _holds_secret(value: Any) -> bool:
+    if isinstance(value, str):
+        return looks_like_secret(value)
+    if isinstance(value, dict):
+        return any(_SECRET_NAME.match(str(k)) or _holds_secret(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_secret(v) for v in value)
+    return False
+
+
+def _redacted_secrets(data: Any) -> Any:
+    """The raw config with every value that is or holds a secret replaced by a
+    :data:`REDACTED` marker, so that no error message (pydantic's quote inputs) repeats it."""
+    if not isinstance(data, dict):
+        return data
+    clean = {}
+    for name, value in data.items():
+        if isinstance(value, str) and value.startswith(REDACTED):
+            pass  # redacted already (parse_judge_config redacts before the union picks a model)
+        elif _SECRET_NAME.match(str(name)) or _holds_secret(value):
+            value = f"{REDACTED}>"
+        elif isinstance(value, str) and name == "base_url" and redact_url(value) != value:
+            value = f"{REDACTED}: {redact_url(value)}>"
+        clean[name] = value
+    return clean
+
 
 def _digest(payload: dict[str, Any]) -> str:
-    import hashlib
-
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:32]
 
 
-class OpenAIJudgeConfig(BaseModel):
-    """An LLM behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama...)."""
+class _JudgeConfig(BaseModel):
+    """What every judge config shares: frozen, no unknown keys, and no secrets anywhere."""
 
     model_config = _FROZEN
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_secrets(cls, data: Any) -> Any:
+        return _redacted_secrets(data)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_secrets(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and value.startswith(REDACTED):
+            if info.field_name == "base_url":
+                raise ValueError(
+                    f"base_url {value[len(REDACTED) + 2 : -1]} carries a credential "
+                    "(user:password@ or a key in the query), which would be stored with the "
+                    f"run's parameters; {WHERE_KEYS_GO}"
+                )
+            if _SECRET_NAME.match(info.field_name):
+                raise ValueError(f"a secret never goes in a config; {WHERE_KEYS_GO}")
+            raise ValueError(f"{info.field_name} holds what looks like a secret; {WHERE_KEYS_GO}")
+        return value
+
+
+class OpenAIJudgeConfig(_JudgeConfig):
+    """An LLM behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama...)."""
 
     backend: Literal["openai"] = "openai"
     model: str = Field(default="gpt-5-mini", description="Model name sent to the endpoint.")
@@ -39,12 +149,19 @@ class OpenAIJudgeConfig(BaseModel):
     )
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
-        description="Environment variable holding the API key (HAL_JUDGE_API_KEY is tried "
-        "first). The key itself is never part of a config, a log or a run.",
+        description="Name of the environment variable holding the API key (HAL_JUDGE_API_KEY "
+        "is tried first). The key itself is never part of a config, a log or a run.",
     )
     api_key_secret_block: str | None = Field(
         default=None,
         description="Name of a Prefect Secret block holding the key; wins over api_key_env.",
+    )
+    api_key: SkipJsonSchema[str | None] = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="Never set: a key written here is refused with the rule for keys (this "
+        "field exists only to say so, and is neither shown in forms nor serialized).",
     )
     response_mode: Literal["json_schema", "json_object", "prompt"] = Field(
         default="json_schema",
@@ -75,15 +192,44 @@ class OpenAIJudgeConfig(BaseModel):
     repair: bool = Field(
         default=True, description="Send one repair request after a malformed reply."
     )
+    stop_after_failures: int = Field(
+        default=8,
+        ge=0,
+        description="Stop the run, with an error naming the endpoint and the cause, once this "
+        "many retried requests in a row failed the same way (refused, timed out, the same "
+        "HTTP error) before any request succeeded; 0 = never stop early.",
+    )
+    max_input_chars: int | None = Field(
+        default=100_000,
+        ge=1,
+        description="Longest prompt sent for one item (a dialogue to rate, a game to read), in "
+        "characters (about 4 a token): a longer item fails as kind 'input' with its size, "
+        "without a request; None = no cap.",
+    )
     price_prompt_per_mtok: float = Field(
-        default=0.0, ge=0, description="USD per million prompt tokens (cost estimate)."
+        default=0.0,
+        ge=0,
+        description="USD per million prompt tokens: the cost logged before a run (an "
+        "estimate) and after it (from the tokens counted); 0 with the completion price = none.",
     )
     price_completion_per_mtok: float = Field(
-        default=0.0, ge=0, description="USD per million completion tokens (cost estimate)."
+        default=0.0, ge=0, description="USD per million completion tokens (cost estimates)."
     )
     cache_namespace: str = Field(
         default="", description="Separates cached ratings of endpoints serving one model name."
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, value: str) -> str:
+        if value.startswith(REDACTED):
+            raise ValueError(f"api_key_env holds what looks like a key; {WHERE_KEYS_GO}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                "api_key_env names an environment variable (letters, digits and _, e.g. "
+                "OPENAI_API_KEY), not the key itself"
+            )
+        return value
 
     def fingerprint(self) -> str:
         """Hash of every field that can change an answer (not speed, retries, prices, keys)."""
@@ -103,6 +249,15 @@ class OpenAIJudgeConfig(BaseModel):
             }
         )
 
+    @property
+    def has_prices(self) -> bool:
+        return bool(self.price_prompt_per_mtok or self.price_completion_per_mtok)
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go (never with a credential: configs refuse those)."""
+        return self.base_url or "https://api.openai.com/v1"
+
     def estimated_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (
             prompt_tokens * self.price_prompt_per_mtok
@@ -110,10 +265,8 @@ class OpenAIJudgeConfig(BaseModel):
         ) / 1e6
 
 
-class HFJudgeConfig(BaseModel):
+class HFJudgeConfig(_JudgeConfig):
     """A local transformers causal LM: per trait, the next-token probabilities of the digits."""
-
-    model_config = _FROZEN
 
     backend: Literal["hf"] = "hf"
     model_path: str = Field(description="Local folder with config, weights and tokenizer.")
@@ -140,10 +293,8 @@ class HFJudgeConfig(BaseModel):
     )
 
 
-class RecordedColumns(BaseModel):
+class RecordedColumns(_JudgeConfig):
     """Which column holds a dialogue and which its recorded ratings."""
-
-    model_config = _FROZEN
 
     text: str = Field(default="dialogue", description="Column with the dialogue text.")
     ratings: str | None = Field(
@@ -152,10 +303,8 @@ class RecordedColumns(BaseModel):
     )
 
 
-class RecordedJudgeConfig(BaseModel):
+class RecordedJudgeConfig(_JudgeConfig):
     """Replays recorded ratings, matched by the sha256 of the dialogue text."""
-
-    model_config = _FROZEN
 
     backend: Literal["recorded"] = "recorded"
     paths: list[Path] = Field(
@@ -195,10 +344,8 @@ class RecordedJudgeConfig(BaseModel):
         return self
 
 
-class LocalJudgeConfig(BaseModel):
+class LocalJudgeConfig(_JudgeConfig):
     """The project's fast local judge (``hal_core.local_judge.LocalJudge``)."""
-
-    model_config = _FROZEN
 
     backend: Literal["local"] = "local"
     model_path: str = Field(description="Folder written by the local-judge trainer.")
@@ -216,13 +363,32 @@ JudgeConfig = Annotated[
 _ADAPTER: TypeAdapter = TypeAdapter(JudgeConfig)
 
 
+def validation_message(error: ValidationError) -> str:
+    """A validation error's problems, one a line, without the inputs (which may be secrets);
+    an unknown key named like a secret gets the rule for keys."""
+    lines = []
+    for problem in error.errors(include_url=False, include_context=False, include_input=False):
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden" and _SECRET_NAME.match(str(problem["loc"][-1])):
+            message = f"a secret never goes in a config; {WHERE_KEYS_GO}"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
 def parse_judge_config(payload: dict[str, Any] | BaseModel) -> BaseModel:
-    """A typed judge config from a mapping (``backend`` picks the model; defaults: openai)."""
+    """A typed judge config from a mapping (``backend`` picks the model; defaults: openai).
+
+    Raises ValueError naming each bad field, never quoting a value.
+    """
     if isinstance(payload, BaseModel):
         return payload
     payload = dict(payload)
     payload.setdefault("backend", "openai")
-    return _ADAPTER.validate_python(payload)
+    try:
+        return _ADAPTER.validate_python(_redacted_secrets(payload))
+    except ValidationError as error:
+        raise ValueError(f"not a judge config: {validation_message(error)}") from None
 
 
 def load_judge_config(path: str | Path) -> BaseModel:
@@ -230,11 +396,14 @@ def load_judge_config(path: str | Path) -> BaseModel:
     path = Path(path)
     try:
         payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    except yaml.YAMLError as error:  # its message quotes the line, which may hold a key
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"{path}: not valid YAML{where} ({problem})") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: a judge config must be a mapping, got {type(payload).__name__}")
     try:
         return parse_judge_config(payload)
     except ValueError as error:
-        raise ValueError(f"{path}: not a judge config: {error}") from error
+        raise ValueError(f"{path}: {error}") from None

@@ -5,8 +5,13 @@ timeout or a dropped connection is retried with exponential backoff and jitter, 
 least the server's ``Retry-After`` when it sends one. A reply that is not valid JSON, misses
 a trait id or rates outside the scale gets exactly one repair request; if that fails too the
 item is recorded as failed with the reason - a rating is never guessed. 401/403/404 stop the
-run (every request would fail the same way). The API key is held privately and scrubbed
-from every error message.
+run (every request would fail the same way), and so does a run in which
+``stop_after_failures`` retried requests in a row failed the same way (refused, timed out, the
+same HTTP error) before any succeeded: the endpoint is down or wrong, and retrying every item
+with backoff would only take minutes to say so. A refused connection is reported as refused.
+A prompt longer than ``max_input_chars`` is not sent (a failure of kind ``input``);
+:meth:`OpenAIJudge.estimate_ratings` tells sizes, tokens and cost before a run. The API key
+is held privately and scrubbed from every error message.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
@@ -46,13 +52,17 @@ from hal_core.judges.replies import (
     statements_reply_schema,
 )
 from hal_core.judging import (
+    CHARS_PER_TOKEN,
     Game,
     JudgeConfigurationError,
     JudgeError,
+    JudgeUnreachableError,
     RateByStreaming,
     RatingResult,
     ResultCallback,
     StatementProposal,
+    UsageEstimate,
+    collect_streamed,
     item_ids_or_positions,
 )
 from hal_core.questionnaire import Questionnaire
@@ -60,6 +70,10 @@ from hal_core.questionnaire import Questionnaire
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = frozenset({401, 403, 404})
+RATING_REPLY_CHARS = (16, 10)
+"""Characters of a rating reply: fixed, and per trait (``"t01": 3, ``), for estimates."""
+STATEMENTS_REPLY_CHARS = 600
+"""Characters of a typical statements reply (a verdict and five short statements)."""
 
 
 class _GaveUp(Exception):
@@ -131,6 +145,67 @@ def _reply_text(payload: dict, usage: _Usage) -> str | None:
     return content if content is not None else message.get("refusal")
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def connection_failure(error: openai.APIError, host: str, timeout_s: float) -> tuple[str, str]:
+    """(kind, reason) of a request that got no HTTP answer, from the root cause: the aiohttp
+    transport reports a refused connection as a connect *timeout*."""
+    for cause in _causes(error):
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused", f"connection refused by {host}"
+        if isinstance(cause, socket.gaierror):
+            return "dns", f"host {host} not found ({cause.strerror or cause})"
+        if isinstance(cause, ssl.SSLError):
+            return "tls", f"TLS error with {host} ({cause.reason or type(cause).__name__})"
+        if isinstance(cause, ConnectionResetError):
+            return "reset", f"connection reset by {host}"
+    if isinstance(error, openai.APITimeoutError):
+        return "timeout", f"timed out after {timeout_s:g} s"
+    return "connection", f"connection error ({type(error.__cause__ or error).__name__})"
+
+
+class _EarlyStop:
+    """Stops a run whose requests all fail the same way before any succeeds, with an error
+    naming the endpoint and the cause: ``limit`` retries in a row (a first attempt's fault is
+    common under load and is what retries are for; a retry failing like the ones before it,
+    with nothing answered yet, is an endpoint that is down or wrong). Any answered request
+    disarms it: then the endpoint works, and each item's own retries deal with faults."""
+
+    def __init__(self, limit: int, where: str) -> None:
+        self.limit, self.where = limit, where
+        self.answered = False
+        self.kind: str | None = None
+        self.count = 0
+
+    def succeeded(self) -> None:
+        self.answered = True
+
+    def failed(self, kind: str, reason: str, attempt: int) -> None:
+        if self.answered or not self.limit or attempt == 0:
+            return
+        if kind != self.kind:
+            self.kind, self.count = kind, 0
+        self.count += 1
+        if self.count >= self.limit:
+            raise JudgeUnreachableError(
+                f"{self.where}: {self.count} retried requests in a row failed ({reason}) and "
+                f"none has succeeded, so the run stopped early (stop_after_failures="
+                f"{self.limit}); answers already received are kept. Is the server running, and "
+                "is base_url right?"
+            )
+
+
+def _prompt_chars(messages: list[dict]) -> int:
+    return sum(len(str(message.get("content") or "")) for message in messages)
+
+
 def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The first real error inside a task group's exception group (a config error first)."""
     errors = list(group.exceptions)
@@ -164,7 +239,7 @@ class OpenAIJudge(RateByStreaming):
         self._random = random.Random()
 
     def __repr__(self) -> str:
-        return f"OpenAIJudge(model={self.config.model!r}, base_url={self.config.base_url!r})"
+        return f"OpenAIJudge(model={self.config.model!r}, endpoint={self.config.endpoint!r})"
 
     def fingerprint(self) -> str:
         return self.config.fingerprint()
@@ -185,13 +260,7 @@ class OpenAIJudge(RateByStreaming):
     def propose_statements(
         self, games: Sequence[Game], tags: SpeakerTags
     ) -> list[StatementProposal]:
-        proposals: list[StatementProposal | None] = [None] * len(games)
-
-        def keep(position: int, proposal: StatementProposal) -> None:
-            proposals[position] = proposal
-
-        self.propose_streaming(games, tags, keep)
-        return [proposal for proposal in proposals if proposal is not None]
+        return collect_streamed(len(games), lambda keep: self.propose_streaming(games, tags, keep))
 
     def propose_streaming(
         self,
@@ -206,15 +275,85 @@ class OpenAIJudge(RateByStreaming):
         retries: a text model for the llm consolidator of trait derivation."""
         return run_sync(self._complete_text(prompt))
 
+    def estimate_ratings(
+        self, dialogues: Sequence[str], questionnaire: Questionnaire, tags: SpeakerTags
+    ) -> UsageEstimate:
+        """Tokens and cost of rating ``dialogues`` (first requests; repairs and reasoning
+        tokens not counted), and which are over ``max_input_chars``: no request is made.
+
+        A dialogue's prompt is the instructions plus the dialogue as rendered, which is never
+        much longer than its text; only a dialogue whose text comes near the cap is rendered
+        here, to decide exactly (a whole run is estimated before its first request).
+        """
+        instructions = _prompt_chars(rating_messages("", questionnaire, tags))
+        cap = self.config.max_input_chars
+        sizes: list[int | None] = []
+        for text in dialogues:
+            bound = instructions + len(text) + len(text) // 4 + 64  # ": " per short turn
+            if cap is None or bound <= cap:
+                sizes.append(instructions + len(text))
+                continue
+            try:
+                rendered = render_dialogue(text, tags, self.config.include_other_speakers)
+            except EmptyDialogueError:
+                sizes.append(None)  # failed by the judge as kind input, without a request
+                continue
+            sizes.append(_prompt_chars(rating_messages(rendered, questionnaire, tags)))
+        fixed, per_trait = RATING_REPLY_CHARS
+        return self._estimate(sizes, fixed + per_trait * len(questionnaire.traits))
+
+    def estimate_statements(self, games: Sequence[Game], tags: SpeakerTags) -> UsageEstimate:
+        """Tokens and cost of proposing statements for ``games``, as :meth:`estimate_ratings`."""
+        sizes = [
+            _prompt_chars(statement_messages(game.transcript_a, game.transcript_b, tags))
+            for game in games
+        ]
+        return self._estimate(sizes, STATEMENTS_REPLY_CHARS)
+
+    def _estimate(self, sizes: Sequence[int | None], reply_chars: int) -> UsageEstimate:
+        config = self.config
+        refused = {}
+        prompt_chars = sent = 0
+        for position, size in enumerate(sizes):
+            if size is None:
+                continue
+            problem = self._too_long(size)
+            if problem is not None:
+                refused[position] = problem
+                continue
+            prompt_chars += size
+            sent += 1
+        reply_tokens = reply_chars // CHARS_PER_TOKEN
+        if config.max_completion_tokens is not None:
+            reply_tokens = min(reply_tokens, config.max_completion_tokens)
+        prompt_tokens, completion_tokens = prompt_chars // CHARS_PER_TOKEN, sent * reply_tokens
+        cost = (
+            config.estimated_cost(prompt_tokens, completion_tokens) if config.has_prices else None
+        )
+        return UsageEstimate(sent, prompt_tokens, completion_tokens, cost, refused)
+
+    def _too_long(self, chars: int) -> str | None:
+        """Why a prompt of ``chars`` characters is not sent, or None."""
+        cap = self.config.max_input_chars
+        if cap is None or chars <= cap:
+            return None
+        return (
+            f"the prompt has {chars:,} characters (~{chars // CHARS_PER_TOKEN:,} tokens), over "
+            f"this judge's max_input_chars={cap:,}: not sent"
+        )
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"{self.config.model} at {self.config.endpoint}"
 
     async def _complete_text(self, prompt: str) -> str:
         client = self._client()
-        where = f"{self.config.model} at {self.config.base_url or 'api.openai.com'}"
+        where = self._where()
+        messages = [{"role": "user", "content": prompt}]  # one prompt: not held to the cap
+        stop = _EarlyStop(self.config.stop_after_failures, where)
         try:
-            reply = await self._complete(
-                client, [{"role": "user", "content": prompt}], self._request_body(None), _Usage()
-            )
+            reply = await self._complete(client, messages, self._request_body(None), _Usage(), stop)
         except (_GaveUp, _Rejected) as error:
             raise JudgeError(f"{where}: {self._scrub(str(error))}") from None
         finally:
@@ -288,12 +427,15 @@ class OpenAIJudge(RateByStreaming):
         messages: list[dict],
         body: Callable[[list[dict]], bytes],
         usage: _Usage,
+        stop: _EarlyStop,
     ) -> str | None:
-        """One completion's text, retried on transient faults."""
+        """One completion's text, retried on transient faults; ``stop`` hears every
+        attempt's outcome and ends the run when all have failed alike."""
         config = self.config
         content = body(messages)  # the same bytes for every attempt
         # Absolute: spares the client re-parsing and re-joining its base URL per request.
         url = f"{client.base_url}chat/completions"
+        host = urlsplit(config.endpoint).netloc
         last = "no attempt"
         for attempt in range(config.max_retries + 1):
             usage.requests += 1
@@ -306,32 +448,37 @@ class OpenAIJudge(RateByStreaming):
                 raw = await client.post(
                     url,
                     cast_to=bytes,
-                    body=content,
+                    content=content,
                     options={"timeout": config.timeout_s},
                 )
-            except openai.APITimeoutError:
-                last = f"timed out after {config.timeout_s:g} s"
-            except openai.APIConnectionError as error:
-                last = f"connection error ({type(error.__cause__ or error).__name__})"
+            except (openai.APITimeoutError, openai.APIConnectionError) as error:
+                kind, last = connection_failure(error, host, config.timeout_s)
+                stop.failed(kind, last, attempt)
             except openai.APIStatusError as error:
                 status = error.status_code
                 message = self._scrub(str(error.message))[:300]
                 if status in FATAL_STATUS:
                     raise JudgeConfigurationError(
-                        f"HTTP {status} from {config.base_url or 'api.openai.com'} for model "
-                        f"{config.model}: {message}"
+                        f"HTTP {status} from {config.endpoint} for model {config.model}: {message}"
                     ) from None
+                if status not in RETRYABLE_STATUS:  # 429 & co. say "slow down", not "down"
+                    stop.failed(f"HTTP {status}", f"HTTP {status}: {message}", attempt)
                 if status not in RETRYABLE_STATUS and status < 500:
                     raise _Rejected(f"HTTP {status}: {message}") from None
                 last = f"HTTP {status}"
                 wait = retry_after_seconds(error.response.headers)
             except openai.APIError as error:
                 last = f"{type(error).__name__}: {self._scrub(str(error))[:200]}"
+                stop.failed(type(error).__name__, last, attempt)
             else:
                 try:
-                    return _reply_text(json.loads(raw), usage)
+                    text = _reply_text(json.loads(raw), usage)
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                     last = "HTTP 200 with a body that is not a chat completion"
+                    stop.failed("not a chat completion", last, attempt)
+                else:
+                    stop.succeeded()
+                    return text
             if attempt == config.max_retries:
                 break
             if wait is not None:
@@ -348,10 +495,15 @@ class OpenAIJudge(RateByStreaming):
         body: Callable[[list[dict]], bytes],
         parse: Callable[[str | None], Any],
         usage: _Usage,
+        stop: _EarlyStop,
     ) -> tuple[Any, tuple[str, str] | None]:
-        """(parsed reply, None) or (None, (error kind, reason)); one repair when malformed."""
+        """(parsed reply, None) or (None, (error kind, reason)); one repair when malformed;
+        (None, ("input", why)) without a request when the prompt is over the cap."""
+        problem = self._too_long(_prompt_chars(messages))
+        if problem is not None:
+            return None, ("input", problem)
         try:
-            reply = await self._complete(client, messages, body, usage)
+            reply = await self._complete(client, messages, body, usage, stop)
             try:
                 return parse(reply), None
             except ReplyError as error:
@@ -359,7 +511,7 @@ class OpenAIJudge(RateByStreaming):
                     return None, ("invalid", f"invalid reply: {error}")
                 first = error
             repaired = repair_messages(messages, reply or "", first.problems)
-            reply = await self._complete(client, repaired, body, usage)
+            reply = await self._complete(client, repaired, body, usage, stop)
             try:
                 return parse(reply), None
             except ReplyError as error:
@@ -380,6 +532,7 @@ class OpenAIJudge(RateByStreaming):
         questionnaire: Questionnaire,
         tags: SpeakerTags,
         body: Callable[[list[dict]], bytes],
+        stop: _EarlyStop,
     ) -> RatingResult:
         try:
             rendered = render_dialogue(text, tags, self.config.include_other_speakers)
@@ -388,7 +541,12 @@ class OpenAIJudge(RateByStreaming):
         usage = _Usage()
         messages = rating_messages(rendered, questionnaire, tags)
         ratings, failure = await self._ask(
-            client, messages, body, lambda reply: parse_rating_reply(reply, questionnaire), usage
+            client,
+            messages,
+            body,
+            lambda reply: parse_rating_reply(reply, questionnaire),
+            usage,
+            stop,
         )
         common = {"item_id": item_id, **usage.report()}
         if failure is not None:
@@ -399,17 +557,19 @@ class OpenAIJudge(RateByStreaming):
     async def _each(
         self,
         count: int,
-        work: Callable[[openai.AsyncOpenAI, int], Awaitable[T]],
+        work: Callable[[openai.AsyncOpenAI, int, _EarlyStop], Awaitable[T]],
         on_result: Callable[[int, T], None],
     ) -> None:
-        """``work(client, position)`` for every position, ``concurrency`` at a time; each
-        result goes to ``on_result`` as soon as it exists. A configuration error stops all."""
+        """``work(client, position, stop)`` for every position, ``concurrency`` at a time; each
+        result goes to ``on_result`` as soon as it exists. A configuration error stops all,
+        and so does ``stop`` when every request so far failed alike."""
         semaphore = asyncio.Semaphore(self.config.concurrency)
         client = self._client()
+        stop = _EarlyStop(self.config.stop_after_failures, self._where())
 
         async def one(position: int) -> None:
             async with semaphore:
-                result = await work(client, position)
+                result = await work(client, position, stop)
             on_result(position, result)
 
         try:
@@ -435,9 +595,9 @@ class OpenAIJudge(RateByStreaming):
             )
         )
 
-        async def rate(client: openai.AsyncOpenAI, position: int) -> RatingResult:
+        async def rate(client: openai.AsyncOpenAI, position: int, stop) -> RatingResult:
             return await self._rate_one(
-                client, dialogues[position], ids[position], questionnaire, tags, body
+                client, dialogues[position], ids[position], questionnaire, tags, body, stop
             )
 
         await self._each(len(dialogues), rate, on_result)
@@ -452,11 +612,13 @@ class OpenAIJudge(RateByStreaming):
             response_format(statements_reply_schema(), "statements", self.config.response_mode)
         )
 
-        async def propose(client: openai.AsyncOpenAI, position: int) -> StatementProposal:
+        async def propose(client: openai.AsyncOpenAI, position: int, stop) -> StatementProposal:
             game = games[position]
             usage = _Usage()
             messages = statement_messages(game.transcript_a, game.transcript_b, tags)
-            parsed, failure = await self._ask(client, messages, body, parse_statements_reply, usage)
+            parsed, failure = await self._ask(
+                client, messages, body, parse_statements_reply, usage, stop
+            )
             common = {"game_id": game.game_id, **usage.report()}
             if failure is not None:
                 kind, reason = failure

@@ -7,7 +7,8 @@ deterministic per request (so runs can be compared). A :class:`FaultPlan` makes 
 fraction of *first answers* faulty - 429 with Retry-After, 500, a hang past the client's
 timeout, a body that is not JSON, a reply that is not valid JSON, ratings of 0 or 6, missing
 trait ids - or makes every answer for some
-items invalid (they must end as recorded failures). Items are told apart by the sha256 of the
+items invalid (they must end as recorded failures), or answers every request with one HTTP
+error (an endpoint that is down). Items are told apart by the sha256 of the
 request's first user message (the same for retries and the repair request).
 
 Run standalone (used by bench/judge_throughput.py)::
@@ -52,6 +53,8 @@ class FaultPlan:
     out_of_range: float = 0.0
     missing_ids: float = 0.0
     persistent_invalid: float = 0.0
+    always_status: int = 0
+    """Every request answered with this HTTP status (0: off): an endpoint that is down."""
     retry_after_s: float = 0.2
     hang_s: float = 2.0
     seed: int = 0
@@ -194,6 +197,10 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> int:
         if state.latency_s:
             time.sleep(state.latency_s)
+        if state.faults.always_status:
+            status = state.faults.always_status
+            self._send(status, {"error": {"message": "service unavailable", "type": "down"}})
+            return status
         if fault == "rate_limit":
             self._send(
                 429,

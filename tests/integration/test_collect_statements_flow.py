@@ -5,7 +5,6 @@ the table loads through derive_traits' own tasks, and the API key never leaks.""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from hal_core.rating_cache import ProposalCache
 from hal_core.settings import HalSettings
 from tasks.derivation import extract_statements, load_statements
 from tasks.validation import validate_dataset
+from tests.fakes.logs import captured_logs
 from tests.fakes.openai_server import FakeOpenAIServer, FaultPlan, item_key
 from tests.integration.recorded_texts import recorded_texts
 
@@ -33,7 +33,6 @@ pytestmark = pytest.mark.integration
 
 TAGS = SpeakerTags.turing()
 KEY = "sk-hal-SECRET-statements-5be1d0c4"
-WATCHED_LOGGERS = ("openai", "httpx2", "httpcore2", "hal_core", "tasks", "flows")
 FIRST_GAME, N_GAMES = 100, 40
 PLAN = FaultPlan(  # seed 1 on games 100-139: 22 faulty first answers, 2 persistently invalid
     rate_limit=0.06,
@@ -49,15 +48,6 @@ PLAN = FaultPlan(  # seed 1 on games 100-139: 22 faulty first answers, 2 persist
     seed=1,
 )
 ENV = ("HAL_HOME", "HAL_DATA_DIR", "MLFLOW_TRACKING_URI", "HAL_JUDGE_API_KEY")
-
-
-class _LogCapture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
 
 
 def _server_key(row) -> str:
@@ -96,16 +86,11 @@ def fault_run(tmp_path_factory, data_dir: Path):
         {"HAL_HOME": str(home), "HAL_DATA_DIR": str(data_dir), "HAL_JUDGE_API_KEY": KEY}
     )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    captured = _LogCapture()
-    logging.getLogger().addHandler(captured)
-    watched = [logging.getLogger(name) for name in WATCHED_LOGGERS]
-    states = [(logger.level, logger.propagate) for logger in watched]
-    for logger in watched:
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-        logger.addHandler(captured)
     try:
-        with FakeOpenAIServer(latency_s=0.005, faults=PLAN, api_key=KEY) as server:
+        with (
+            captured_logs() as logs,
+            FakeOpenAIServer(latency_s=0.005, faults=PLAN, api_key=KEY) as server,
+        ):
             params = CollectStatementsParams(
                 games_file=str(games_path), judge=_judge(server), chunk_size=16
             )
@@ -121,11 +106,6 @@ def fault_run(tmp_path_factory, data_dir: Path):
             second_seconds = time.monotonic() - started
             second_records = server.records
     finally:
-        logging.getLogger().removeHandler(captured)
-        for logger, (level, propagate) in zip(watched, states, strict=True):
-            logger.setLevel(level)
-            logger.propagate = propagate
-            logger.removeHandler(captured)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -143,7 +123,7 @@ def fault_run(tmp_path_factory, data_dir: Path):
         "second_table": pd.read_csv(second.output_file),
         "first_records": first_records,
         "second_records": second_records,
-        "logs": captured.lines,
+        "logs": logs,
         "home": home,
         "settings": HalSettings(home=home, data_dir=data_dir),
     }

@@ -3,7 +3,6 @@ duplicated, nothing guessed, a cached rerun makes no request, and the key never 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,13 +18,13 @@ from hal_core.judges.prompting import EmptyDialogueError, rating_messages, rende
 from hal_core.judges.runner import rated_text_sha256
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import RatingCache, rating_key
+from tests.fakes.logs import captured_logs
 from tests.fakes.openai_server import FakeOpenAIServer, FaultPlan, expected_rating, item_key
 from tests.integration.recorded_texts import recorded_texts
 
 TAGS = SpeakerTags.turing()
 KEY = "sk-hal-SECRET-integration-7f3a9c21"
 SECRET_BLOCK = "hal-test-judge-key"
-WATCHED_LOGGERS = ("openai", "httpx2", "httpcore2", "hal_core", "tasks", "flows")
 N_DIALOGUES = 240
 PLAN = FaultPlan(
     rate_limit=0.06,
@@ -63,18 +62,11 @@ def fault_run(tmp_path_factory, data_dir: Path):
     os.environ["HAL_HOME"] = str(home)
     os.environ["HAL_DATA_DIR"] = str(data_dir)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    captured = _LogCapture()
-    logging.getLogger().addHandler(captured)
-    # the HTTP clients and our code at DEBUG: if headers or keys were ever logged, they'd be
-    # here (kept out of the console, which would only slow the run)
-    watched = [logging.getLogger(name) for name in WATCHED_LOGGERS]
-    states = [(logger.level, logger.propagate) for logger in watched]
-    for logger in watched:
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-        logger.addHandler(captured)
     try:
-        with FakeOpenAIServer(latency_s=0.005, faults=PLAN, api_key=KEY) as server:
+        with (
+            captured_logs() as logs,
+            FakeOpenAIServer(latency_s=0.005, faults=PLAN, api_key=KEY) as server,
+        ):
             judge = OpenAIJudgeConfig(
                 model="fake-gpt",
                 base_url=server.base_url,
@@ -105,11 +97,6 @@ def fault_run(tmp_path_factory, data_dir: Path):
             )
             second_records = server.records
     finally:
-        logging.getLogger().removeHandler(captured)
-        for logger, (level, propagate) in zip(watched, states, strict=True):
-            logger.setLevel(level)
-            logger.propagate = propagate
-            logger.removeHandler(captured)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -124,19 +111,10 @@ def fault_run(tmp_path_factory, data_dir: Path):
         "second_table": pd.read_csv(second.output_file),
         "first_records": first_records,
         "second_records": second_records,
-        "logs": captured.lines,
+        "logs": logs,
         "home": home,
         "cache": home / "cache" / "ratings.sqlite",
     }
-
-
-class _LogCapture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
 
 
 def _server_key(text: str, questionnaire: Questionnaire) -> str | None:
@@ -265,3 +243,49 @@ def test_recorded_judge_through_the_flow_gives_a_table_by_trait_id(
     listed = stored["likert_evaluation"].map(json.loads).tolist()
     assert table[[f"t{i:02d}" for i in range(1, 17)]].to_numpy().tolist() == listed
     assert result.metrics["requests"] == 0 and result.metrics["rated"] == 100
+
+
+def test_hal_rate_against_a_closed_port_stops_early_and_exits_non_zero(
+    settings, tmp_path: Path
+) -> None:
+    """The issue's run: 48 dialogues, a judge whose base_url is a closed port, the defaults
+    (16 in flight, 7 attempts). It used to end with exit 0 after minutes, every item "timed
+    out after 180 s"; now it stops within the first retries and says the connection was
+    refused, by whom."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dialogues = tmp_path / "dialogues.csv"
+    table = pd.read_csv(settings.data_path("turing/conversations_full.csv")).head(48)
+    table[["conversation_id", "conversation"]].to_csv(dialogues, index=False)
+    started = time.monotonic()
+    invoked = CliRunner().invoke(
+        app,
+        [
+            "rate",
+            str(dialogues),
+            "--text-column",
+            "conversation",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--model",
+            "fake-judge",
+            "--cache",
+            str(tmp_path / "cache.sqlite"),
+            "--no-progress",
+        ],
+    )
+    elapsed = time.monotonic() - started
+    print(f"closed port: the CLI run (flow, MLflow and judge) ended after {elapsed:.1f} s")
+    assert invoked.exit_code != 0
+    message = str(invoked.exception)
+    assert f"connection refused by 127.0.0.1:{port}" in message
+    assert "stopped early" in message and f"http://127.0.0.1:{port}/v1" in message
+    with RatingCache(tmp_path / "cache.sqlite") as cache:
+        assert cache.counts() == {} and cache.claim_owners() == set()  # nothing left claimed

@@ -117,7 +117,9 @@ def test_killed_run_resumes_without_asking_finished_items_again(
             if rating_key(fingerprint, questionnaire.version, rated_text_sha256(text, TAGS))
             in finished_cache_keys
         }
-        assert KILL_AFTER_ANSWERS - 4 <= len(finished) < N_DIALOGUES  # really killed mid-run
+        # really killed mid-run; the answers lost are those in flight (4) and those the cache
+        # writer had not committed yet (it commits every 20 ms)
+        assert KILL_AFTER_ANSWERS - 8 <= len(finished) < N_DIALOGUES
 
         second = _hal_rate(args, env)
         output, _ = second.communicate(timeout=300)

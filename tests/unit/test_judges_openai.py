@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.judges import OpenAIJudgeConfig, build_judge
 from hal_core.judges.prompting import rating_messages, render_dialogue
-from hal_core.judging import Game, JudgeConfigurationError
+from hal_core.judging import Game, JudgeConfigurationError, JudgeUnreachableError
 from hal_core.questionnaire import Questionnaire, Trait
 from tests.fakes.openai_server import FakeOpenAIServer, FaultPlan, expected_rating, item_key
 
@@ -190,3 +192,116 @@ def test_complete_returns_free_text_with_the_judges_retries() -> None:
     assert attempts == [500, 200]
     with FakeOpenAIServer(api_key="sk-other") as server, pytest.raises(JudgeConfigurationError):
         _judge(server).complete(prompt)
+
+
+# -- an endpoint that is down, and prompts over the cap ----------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_refused_connection_is_reported_as_refused_not_as_a_timeout(transport: str) -> None:
+    port = _closed_port()
+    config = OpenAIJudgeConfig(
+        model="m",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=1,
+        backoff_base_s=0.01,
+        stop_after_failures=0,
+        http_transport=transport,
+    )
+    [result] = build_judge(config, api_key=KEY).rate(_dialogues(1), QUESTIONNAIRE, TAGS)
+    assert (result.error_kind, result.requests) == ("transient", 2)
+    assert result.error == f"connection refused by 127.0.0.1:{port}; gave up after 2 attempts"
+
+
+def test_a_closed_port_stops_the_run_early_naming_the_endpoint_and_the_cause() -> None:
+    port = _closed_port()
+    # the defaults of the run (16 in flight, 7 attempts, backoff from 1 s): 48 items
+    # used to take minutes, each "timed out after 180 s"
+    config = OpenAIJudgeConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(JudgeUnreachableError) as caught:
+        build_judge(config, api_key=KEY).rate(_dialogues(48), QUESTIONNAIRE, TAGS)
+    message = str(caught.value)
+    assert isinstance(caught.value, JudgeConfigurationError)  # not retried by the task
+    assert f"m at http://127.0.0.1:{port}/v1: 8 retried requests in a row failed" in message
+    assert f"connection refused by 127.0.0.1:{port}" in message and "timed out" not in message
+
+
+def test_an_endpoint_that_answers_every_request_with_503_stops_after_a_few_requests() -> None:
+    with FakeOpenAIServer(faults=FaultPlan(always_status=503), api_key=KEY) as server:
+        judge = _judge(server, concurrency=4, max_retries=3, stop_after_failures=8)
+        with pytest.raises(JudgeUnreachableError, match=r"failed \(HTTP 503"):
+            judge.rate(_dialogues(40), QUESTIONNAIRE, TAGS)
+        server.wait_idle()
+        requests = len(server.records)
+    assert requests <= 2 * (8 + 4)  # asking every item 4 times would be 160 requests
+
+
+def test_first_answer_faults_on_every_item_do_not_stop_a_working_endpoint() -> None:
+    dialogues = _dialogues(12)
+    with FakeOpenAIServer(faults=FaultPlan(server_error=1.0), api_key=KEY) as server:
+        results = _judge(server, concurrency=4, stop_after_failures=2).rate(
+            dialogues, QUESTIONNAIRE, TAGS
+        )
+    assert [r.ratings for r in results] == [_expected(d) for d in dialogues]
+    assert all(r.requests == 2 for r in results)
+
+
+def test_an_over_long_dialogue_fails_as_input_without_a_request_and_is_estimated_first() -> None:
+    short = _dialogues(1)[0]
+    long = "I: tell me everything\n" + "W: " + "and then we went on and on " * 7500
+    assert len(long) > 200_000
+    with FakeOpenAIServer(api_key=KEY) as server:
+        judge = _judge(
+            server, max_input_chars=50_000, price_prompt_per_mtok=2.0, price_completion_per_mtok=8.0
+        )
+        estimate = judge.estimate_ratings([short, long], QUESTIONNAIRE, TAGS)
+        results = judge.rate([short, long], QUESTIONNAIRE, TAGS)
+        requests = len(server.records)
+    assert requests == 1 and results[0].ok
+    failed = results[1]
+    assert (failed.error_kind, failed.requests) == ("input", 0)
+    size = sum(
+        len(m["content"]) for m in rating_messages(render_dialogue(long, TAGS), QUESTIONNAIRE, TAGS)
+    )
+    assert f"the prompt has {size:,} characters" in failed.error
+    assert "max_input_chars=50,000: not sent" in failed.error
+    assert set(estimate.refused) == {1} and estimate.refused[1] == failed.error
+    sent = sum(
+        len(m["content"])
+        for m in rating_messages(render_dialogue(short, TAGS), QUESTIONNAIRE, TAGS)
+    )
+    assert estimate.items == 1 and estimate.prompt_tokens == sent // 4
+    assert estimate.completion_tokens > 0
+    assert estimate.cost_usd == pytest.approx(
+        (2.0 * estimate.prompt_tokens + 8.0 * estimate.completion_tokens) / 1e6
+    )
+
+
+def test_a_run_tells_its_estimate_first_and_a_raised_cap_sends_what_was_refused(
+    tmp_path: Path,
+) -> None:
+    from hal_core.judges import rate_cached
+    from hal_core.rating_cache import RatingCache
+
+    dialogues = [*_dialogues(3), "I: so?\n" + "W: " + "words upon words " * 800]
+    plans = []
+    with FakeOpenAIServer(api_key=KEY) as server, RatingCache(tmp_path / "c.sqlite") as cache:
+        capped = _judge(server, max_input_chars=5_000, price_prompt_per_mtok=1.25)
+        run = rate_cached(capped, dialogues, QUESTIONNAIRE, TAGS, cache, on_plan=plans.append)
+        assert len(server.records) == 3 and run.stats.failures_by_kind == {"input": 1}
+        assert cache.counts() == {"rated": 3}  # our cap, not the judge's answer: not stored
+        [plan] = plans
+        assert (plan.to_ask, plan.cache_hits) == (4, 0)
+        assert plan.estimate.items == 3 and plan.estimate.cost_usd > 0
+        assert "1 over the input cap, not sent" in plan.describe() and "$" in plan.describe()
+        uncapped = _judge(server, max_input_chars=None)
+        assert uncapped.fingerprint() == capped.fingerprint()
+        again = rate_cached(uncapped, dialogues, QUESTIONNAIRE, TAGS, cache)
+        assert len(server.records) == 4 and again.stats.cache_hits == 3
+    assert again.result_for_row(3).ok
