@@ -19,6 +19,8 @@ from typing import Any, Literal
 import click
 import yaml
 
+from hal_core.judging import JudgeError
+
 
 @dataclass(frozen=True)
 class Shortcut:
@@ -53,6 +55,7 @@ JUDGE_SHORTCUTS = (
     Shortcut("--cache", "cache_file", "SQLite cache of judge answers."),
     Shortcut("--retry-failures", "retry_failures", "Failures asked again: none|transient|all."),
     Shortcut("--limit", "limit", "Use only the first N rows."),
+    Shortcut("--progress", "progress", "Show a progress bar.", "flag"),
 )
 POLICY = Shortcut("--policy", "validation_policy", "Invalid rows: fail | quarantine.")
 
@@ -197,7 +200,7 @@ STAGE_COMMANDS: tuple[StageCommand, ...] = (
 )
 
 
-USER_ERRORS = (ValueError, LookupError, OSError)
+USER_ERRORS = (ValueError, LookupError, OSError, JudgeError)
 """Errors a user can fix (bad files, values, keys, paths, endpoints); others keep a traceback."""
 
 

@@ -358,8 +358,9 @@ def test_the_pipeline_derives_traits_from_what_a_live_judge_collected(
 
 
 def test_the_cli_collects_statements_from_an_endpoint(settings, tmp_path, monkeypatch) -> None:
-    from flows.cli import app
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
+
+    from hal_cli.commands import app
 
     games_path = tmp_path / "six_games.csv"
     pd.read_csv(settings.data_path("turing/games.csv")).head(6).to_csv(games_path, index=False)
@@ -377,7 +378,6 @@ def test_the_cli_collects_statements_from_an_endpoint(settings, tmp_path, monkey
                 "fake-judge",
                 "--output",
                 str(output),
-                "--no-progress",
             ],
         )
         requests = len(server.records)

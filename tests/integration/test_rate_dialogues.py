@@ -254,9 +254,9 @@ def test_hal_rate_against_a_closed_port_stops_early_and_exits_non_zero(
     refused, by whom."""
     import socket
 
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
-    from flows.cli import app
+    from hal_cli.commands import app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -278,13 +278,12 @@ def test_hal_rate_against_a_closed_port_stops_early_and_exits_non_zero(
             "fake-judge",
             "--cache",
             str(tmp_path / "cache.sqlite"),
-            "--no-progress",
         ],
     )
     elapsed = time.monotonic() - started
     print(f"closed port: the CLI run (flow, MLflow and judge) ended after {elapsed:.1f} s")
     assert invoked.exit_code != 0
-    message = str(invoked.exception)
+    message = invoked.output
     assert f"connection refused by 127.0.0.1:{port}" in message
     assert "stopped early" in message and f"http://127.0.0.1:{port}/v1" in message
     with RatingCache(tmp_path / "cache.sqlite") as cache:

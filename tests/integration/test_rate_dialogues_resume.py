@@ -44,7 +44,7 @@ def _judge(server: FakeOpenAIServer) -> OpenAIJudgeConfig:
 
 def _hal_rate(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "rate", *args],
+        [sys.executable, "-m", "hal_cli", "rate", *args],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -88,6 +88,7 @@ def test_killed_run_resumes_without_asking_finished_items_again(
         str(cache_path),
         "--output",
         str(tmp_path / "resumed.csv"),
+        "--progress",
     ]
 
     with FakeOpenAIServer(latency_s=0.05, faults=PLAN, api_key=KEY) as server:

@@ -70,3 +70,58 @@ def test_a_live_run_of_another_process_is_left_alone(settings: HalSettings):
         with tracking.stage_run("inner", "hal-test-live", settings, outer.info.run_id):
             pass
         assert MlflowClient().get_run(outer.info.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_a_killed_command_leaves_no_server_and_its_run_is_closed_next_time(
+    settings: HalSettings, tmp_path
+):
+    """SIGKILL of `hal rate` on its own local Prefect API: the API server dies with it, and
+    the next command marks the killed MLflow run KILLED."""
+    import signal
+    import time
+
+    import pandas as pd
+    import psutil
+
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    dialogues = tmp_path / "dialogues.csv"
+    table = pd.read_csv(settings.data_path("turing/conversations_full.csv")).head(40)
+    table[["conversation_id", "conversation"]].to_csv(dialogues, index=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env |= {"HAL_HOME": str(settings.home), "HAL_DATA_DIR": str(settings.data_dir),
+            "HAL_JUDGE_API_KEY": "sk-test-kill"}  # fmt: skip
+    with FakeOpenAIServer(latency_s=1.0, api_key="sk-test-kill") as server:
+        command = [sys.executable, "-m", "hal_cli", "rate", str(dialogues),
+                   "--text-column", "conversation", "--base-url", server.base_url,
+                   "--model", "fake-judge", "--concurrency", "1",
+                   "--cache", str(tmp_path / "cache.sqlite")]  # fmt: skip
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 300
+        while len(server.records) < 2:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        api_servers = [
+            child
+            for child in psutil.Process(process.pid).children(recursive=True)
+            if "prefect.server.api.server:create_app" in " ".join(child.cmdline())
+        ]
+        assert len(api_servers) == 1
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        _, alive = psutil.wait_procs(api_servers, timeout=20)
+        assert not alive, "the command's Prefect API outlived it"
+
+    tracking.configure_tracking(settings)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.experiment_rating)
+    [killed] = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`hal.pid` = '{process.pid}'"
+    )
+    assert killed.info.status == "RUNNING"
+    with tracking.stage_run("next", settings.experiment_rating, settings):
+        pass
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"

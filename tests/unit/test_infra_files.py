@@ -197,7 +197,9 @@ def test_env_example_holds_placeholders_not_secrets() -> None:
 def test_multi_node_doc_names_files_that_exist() -> None:
     text = (PROJECT_ROOT / "docs" / "multi-node.md").read_text()
     named = set(
-        re.findall(r"\b((?:infra|flows|docker|scripts)/[\w./-]+\.(?:yaml|json|py|lock|trainer))", text)
+        re.findall(
+            r"\b((?:infra|flows|docker|scripts)/[\w./-]+\.(?:yaml|json|py|lock|trainer))", text
+        )
     )
     site_specific = {"infra/hostfile", "infra/accelerate/zero3-2nodes.yaml"}
     assert "scripts/train_dpo.py" in named and "infra/accelerate/zero3.yaml" in named
