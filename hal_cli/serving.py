@@ -67,19 +67,25 @@ def wait_for_http(
 
 
 def create_process_pools(api_url: str, names: list[str]) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Create (or reset) process work pools through the REST API.
+
+    Plain HTTP on purpose: Prefect's client starts background threads that delay this
+    process's exit after the server it talked to is gone.
+    """
     from prefect.workers.process import ProcessWorker
 
     template = ProcessWorker.get_default_base_job_template()
-    with (
-        temporary_settings(updates={PREFECT_API_URL: api_url}),
-        get_client(sync_client=True) as client,
-    ):
+    with httpx.Client(base_url=api_url, timeout=60) as client:
         for name in names:
-            pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
-            client.create_work_pool(pool, overwrite=True)
+            body = {"name": name, "type": "process", "base_job_template": template}
+            created = client.post("/work_pools/", json=body)
+            if created.status_code == 409:  # exists: reset its job template
+                created = client.patch(f"/work_pools/{name}", json={"base_job_template": template})
+            if created.is_error:
+                raise click.ClickException(
+                    f"cannot create work pool {name} at {api_url}: {created.status_code} "
+                    f"{created.text[:300]}"
+                )
 
 
 def has_gpu() -> bool:
@@ -105,8 +111,11 @@ def mlflow_ui_command(port: int, tracking_uri: str, artifact_root: Path) -> list
             "--default-artifact-root", artifact_root.as_uri()]  # fmt: skip
 
 
-def stop_all(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every child and its descendants at once; SIGKILL what is left after the grace."""
+def stop_all(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM every child and its descendants at once; SIGKILL what is left after the grace.
+
+    Returns how many processes had to be killed.
+    """
     processes: list[psutil.Process] = []
     for child in children:
         try:
@@ -127,6 +136,7 @@ def stop_all(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) ->
             continue
     for child in children:
         child.wait()
+    return len(alive)
 
 
 def serve_locally(
@@ -198,4 +208,10 @@ def serve_locally(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        stop_all(children)
+        stopping = time.monotonic()
+        killed = stop_all(children)
+        click.echo(
+            f"stopped in {time.monotonic() - stopping:.1f} s"
+            + (f" ({killed} killed after {STOP_GRACE_S:.0f} s)" if killed else ""),
+            err=True,
+        )

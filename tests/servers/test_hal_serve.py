@@ -144,6 +144,10 @@ def test_deployment_run_with_custom_parameters_completes(hal_serve: Served) -> N
     assert alias["run_id"] == run["info"]["run_id"]
 
 
+def alias_of(flow_run: dict) -> str | None:
+    return (flow_run["parameters"].get("params") or {}).get("alias")
+
+
 def property_of(page, label: str):
     """The form property labelled ``label`` (the form adds " (Optional)" to most)."""
     name = re.compile(rf"^{re.escape(label)}( \(Optional\))?$")
@@ -207,7 +211,8 @@ def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
         judge.get_by_text("HFJudgeConfig", exact=True).click()
         assert text_value(property_of(page, "Model Path")) == ""
         assert text_value(property_of(page, "Device")) == "cpu"
-        judge.screenshot(path=shots / "rate-dialogues-judge-hf.png")
+        judge.scroll_into_view_if_needed()
+        page.screenshot(path=shots / "rate-dialogues-judge-hf.png")
         # Descriptions are text: none turned into an input box by angle brackets.
         assert page.locator(".p-label__description :is(input, textarea, select)").count() == 0
         output = property_of(page, "Output File").locator(".p-label__description").first
@@ -219,19 +224,27 @@ def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
         control(property_of(page, "Alias")).fill("browser-form")
         page.screenshot(path=shots / "fit-reward-form-filled.png", full_page=True)
         page.get_by_role("button", name="Submit").click()
-        page.wait_for_url("**/runs/flow-run/**")
-        flow_run_id = page.url.rstrip("/").split("/")[-1]
-        state = wait_for_flow_run(prefect, flow_run_id, hal_serve)
-        params = state["parameters"]["params"]
-        assert params["alias"] == "browser-form" and params["reward"]["cv_folds"] == 5
-        page.reload()
-        page.get_by_text("Completed").first.wait_for()
-        page.screenshot(path=shots / "flow-run-completed.png")
+        submitted: list[dict] = []
 
-        # Its MLflow run, linked back to the flow run.
+        def from_the_form() -> bool:
+            runs = prefect.post(
+                "/flow_runs/filter",
+                json={"flow_runs": {"deployment_id": {"any_": [refit["id"]]}}},
+            ).json()
+            submitted[:] = [r for r in runs if alias_of(r) == "browser-form"]
+            return bool(submitted)
+
+        wait_until(from_the_form, 120, "the flow run submitted from the form", [hal_serve.service])
+        (flow_run,) = submitted
+        flow_run_id = flow_run["id"]
+        assert flow_run["parameters"]["params"]["reward"]["cv_folds"] == 5
+        wait_for_flow_run(prefect, flow_run_id, hal_serve)
+
+        # Its MLflow run links to the flow run, and the flow run back to it: follow both.
         run = mlflow_run_of(hal_serve, flow_run_id)
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
+        assert tags["prefect.flow_run_url"].startswith(hal_serve.prefect_ui)
+        assert tags["prefect.flow_run_url"].endswith(flow_run_id)
         assert tags["hal.mlflow_run_url"].startswith(hal_serve.mlflow_url)
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert params["cv_folds"] == "5"
@@ -239,6 +252,10 @@ def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
         page.get_by_text("prefect.flow_run_url").first.wait_for()
         page.get_by_text(flow_run_id).first.wait_for()
         page.screenshot(path=shots / "mlflow-run-with-prefect-link.png")
+        page.goto(tags["prefect.flow_run_url"])
+        page.get_by_text("Completed").first.wait_for()
+        page.get_by_text(run["info"]["run_id"]).first.wait_for()  # the log line with the link
+        page.screenshot(path=shots / "flow-run-completed.png")
         browser.close()
 
     if os.environ.get("HAL_SCREENSHOT_DIR"):
@@ -262,4 +279,5 @@ def test_serve_stops_every_process_on_sigterm(hal_serve: Served) -> None:
     _, alive = psutil.wait_procs(tree, timeout=5)
     assert alive == [], [" ".join(p.cmdline()) for p in alive]
     assert serve.returncode == 0
-    print(f"hal serve and {len(tree)} child processes stopped {stopped_s:.1f} s after SIGTERM")
+    (said,) = re.findall(r"^stopped in .*$", hal_serve.printed(), re.M)
+    print(f"hal serve and {len(tree)} processes stopped {stopped_s:.1f} s after SIGTERM ({said})")
