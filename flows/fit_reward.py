@@ -58,9 +58,8 @@ class FitRewardResult(BaseModel):
 
 
 @flow(name="fit_reward", log_prints=True)
-def fit_reward(params: FitRewardParams | None = None) -> FitRewardResult:
+def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult:  # noqa: B008
     """Fit the interpretable HL reward on trait ratings of human and AI witnesses."""
-    params = params or FitRewardParams()
     settings = get_settings()
     ratings_path = settings.input_path(params.ratings_file)
     questionnaire_path = settings.input_path(params.questionnaire_file)

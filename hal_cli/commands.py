@@ -410,6 +410,6 @@ def compare(experiment: str | None, max_runs: int) -> None:
 )
 def serve(port, mlflow_port, api_url, pools, deployments, prefect_file) -> None:  # fmt: skip
     """Prefect server + workers and an MLflow UI on 127.0.0.1; applies infra/prefect.yaml."""
-    from tasks.serving import serve_locally
+    from hal_cli.serving import serve_locally
 
     serve_locally(port, mlflow_port, api_url, list(pools), list(deployments), prefect_file)

@@ -1,4 +1,20 @@
-"""``hal serve``: a Prefect server, its workers and an MLflow UI on 127.0.0.1, stopped together."""
+"""``hal serve``: a Prefect server, its workers and an MLflow UI on 127.0.0.1, stopped together.
+
+What starts, and why:
+
+- ``prefect server start`` on 127.0.0.1, unless ``--api-url`` names a server already running
+  (``infra/compose.yaml`` runs its worker that way). Its UI is told its own API address, so it
+  works on any ``--port``.
+- ``mlflow server`` on 127.0.0.1 over the local store (SQLite under ``HAL_HOME``), one web
+  worker and no job runner: a UI for the runs the flows write. When ``MLFLOW_TRACKING_URI``
+  names a tracking server instead, that server is the UI and nothing is started.
+- a process worker per work pool of ``infra/prefect.yaml`` this machine can serve: ``hal-gpu``
+  only where torch sees a GPU. Workers start after the deployments are applied, so the
+  SQLite-backed server does not take their first heartbeats during the deploy's writes.
+
+SIGTERM or SIGINT stops every process of the tree at once; what has not exited after
+``STOP_GRACE_S`` is killed.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +34,8 @@ from hal_core.settings import PROJECT_ROOT, get_settings
 
 GPU_POOL = "hal-gpu"
 STOP_GRACE_S = 5.0
+STARTUP_TIMEOUT_S = 600.0
+READY_LINE = "Ctrl-C stops everything"
 
 
 class _Stop(Exception):
@@ -28,10 +46,17 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(f"signal {signum}")
 
 
-def wait_for_http(url: str, timeout_s: float = 180.0) -> None:
-    """Wait until ``url`` answers 200, or fail naming it."""
+def wait_for_http(
+    url: str, process: subprocess.Popen | None = None, timeout_s: float = STARTUP_TIMEOUT_S
+) -> None:
+    """Wait until ``url`` answers 200; fail naming it, at once when ``process`` has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise click.ClickException(
+                f"{' '.join(map(str, process.args[:6]))} exited with code {process.returncode} "
+                f"before {url} answered"
+            )
         try:
             if httpx.get(url, timeout=5).status_code == 200:
                 return
@@ -42,19 +67,25 @@ def wait_for_http(url: str, timeout_s: float = 180.0) -> None:
 
 
 def create_process_pools(api_url: str, names: list[str]) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Create (or reset) process work pools through the REST API.
+
+    Plain HTTP on purpose: Prefect's client starts background threads that delay this
+    process's exit after the server it talked to is gone.
+    """
     from prefect.workers.process import ProcessWorker
 
     template = ProcessWorker.get_default_base_job_template()
-    with (
-        temporary_settings(updates={PREFECT_API_URL: api_url}),
-        get_client(sync_client=True) as client,
-    ):
+    with httpx.Client(base_url=api_url, timeout=60) as client:
         for name in names:
-            pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
-            client.create_work_pool(pool, overwrite=True)
+            body = {"name": name, "type": "process", "base_job_template": template}
+            created = client.post("/work_pools/", json=body)
+            if created.status_code == 409:  # exists: reset its job template
+                created = client.patch(f"/work_pools/{name}", json={"base_job_template": template})
+            if created.is_error:
+                raise click.ClickException(
+                    f"cannot create work pool {name} at {api_url}: {created.status_code} "
+                    f"{created.text[:300]}"
+                )
 
 
 def has_gpu() -> bool:
@@ -63,8 +94,28 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def stop_all(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every child and its descendants at once; SIGKILL what is left after the grace."""
+def pools_to_serve(all_pools: list[str], requested: list[str]) -> list[str]:
+    """The pools named on the command line, else every pool; ``hal-gpu`` only with a GPU."""
+    return requested or [pool for pool in all_pools if pool != GPU_POOL or has_gpu()]
+
+
+def is_tracking_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def mlflow_ui_command(port: int, tracking_uri: str, artifact_root: Path) -> list[str]:
+    """An MLflow UI over a local store: one web worker, no job runner (a UI, not a service)."""
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
+            "--backend-store-uri", tracking_uri,
+            "--default-artifact-root", artifact_root.as_uri()]  # fmt: skip
+
+
+def stop_all(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM every child and its descendants at once; SIGKILL what is left after the grace.
+
+    Returns how many processes had to be killed.
+    """
     processes: list[psutil.Process] = []
     for child in children:
         try:
@@ -85,6 +136,7 @@ def stop_all(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) ->
             continue
     for child in children:
         child.wait()
+    return len(alive)
 
 
 def serve_locally(
@@ -104,40 +156,51 @@ def serve_locally(
     if unknown:
         raise click.BadParameter(f"{spec_path} has no deployments {unknown}")
     all_pools = sorted({d["work_pool"]["name"] for d in specs})
-    served = pools or [p for p in all_pools if p != GPU_POOL or has_gpu()]
+    served = pools_to_serve(all_pools, pools)
     chosen = [d for d in specs if not deployments or d["name"] in deployments]
     env = {**os.environ, "HAL_PROJECT_DIR": os.environ.get("HAL_PROJECT_DIR", str(PROJECT_ROOT))}
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    tracking_uri = settings.resolved_tracking_uri()
     children: list[subprocess.Popen] = []
     previous = signal.signal(signal.SIGTERM, _raise_stop)  # `docker stop` and kill
     try:
+        server = mlflow_ui = None
         if api_url is None:
             api_url = f"http://127.0.0.1:{port}/api"
-            server = [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-            children.append(subprocess.Popen(server, env=env))
-        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-        mlflow_ui = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                     "--port", str(mlflow_port),
-                     "--backend-store-uri", settings.resolved_tracking_uri(),
-                     "--default-artifact-root", settings.artifact_root.as_uri()]  # fmt: skip
-        children.append(subprocess.Popen(mlflow_ui, env=env))
+            command = [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+            # Without it the UI calls the API on the default port, whatever --port says.
+            server_env = {**env, "PREFECT_UI_API_URL": api_url}
+            server = subprocess.Popen(command, env=server_env)
+            children.append(server)
+        if is_tracking_server(tracking_uri):
+            mlflow_url = tracking_uri.rstrip("/")
+        else:
+            mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+            command = mlflow_ui_command(mlflow_port, tracking_uri, settings.artifact_root)
+            mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            mlflow_ui = subprocess.Popen(command, env=mlflow_env)
+            children.append(mlflow_ui)
+            # Links from Prefect to MLflow runs point at this UI.
+            env["HAL_MLFLOW_UI_URL"] = mlflow_url
         env["PREFECT_API_URL"] = api_url
-        wait_for_http(f"{api_url}/health")
+        wait_for_http(f"{api_url}/health", server)
         create_process_pools(api_url, all_pools)
-        for name in served:
-            worker = [*prefect, "worker", "start", "--pool", name, "--type", "process"]
-            children.append(subprocess.Popen(worker, env=env, cwd=PROJECT_ROOT))
         if chosen:
             names = [flag for d in chosen for flag in ("--name", d["name"])]
             deploy = [*prefect, "deploy", "--prefect-file", str(spec_path), *names]
             subprocess.run(deploy, env=env, cwd=PROJECT_ROOT, check=True)
-        wait_for_http(f"{mlflow_url}/health")
+        for name in served:
+            worker = [*prefect, "worker", "start", "--pool", name, "--type", "process"]
+            children.append(subprocess.Popen(worker, env=env, cwd=PROJECT_ROOT))
+        if mlflow_ui is not None:
+            wait_for_http(f"{mlflow_url}/health", mlflow_ui)
         skipped = sorted(set(all_pools) - set(served))
+        why = "not asked for" if pools else "no GPU here"
         click.echo(f"Prefect UI   {api_url.removesuffix('/api')}   (API {api_url})")
         click.echo(f"MLflow UI    {mlflow_url}")
         click.echo(f"workers on   {', '.join(served)}" + (
-            f"   (not started: {', '.join(skipped)}: no GPU here)" if skipped else ""))  # fmt: skip
-        click.echo("Ctrl-C stops everything")
+            f"   (not started: {', '.join(skipped)}: {why})" if skipped else ""))  # fmt: skip
+        click.echo(READY_LINE)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         raise click.ClickException("a server or worker stopped; stopping the rest")
@@ -145,4 +208,10 @@ def serve_locally(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        stop_all(children)
+        stopping = time.monotonic()
+        killed = stop_all(children)
+        click.echo(
+            f"stopped in {time.monotonic() - stopping:.1f} s"
+            + (f" ({killed} killed after {STOP_GRACE_S:.0f} s)" if killed else ""),
+            err=True,
+        )

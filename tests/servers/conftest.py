@@ -2,58 +2,75 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.servers.processes import Servers, base_env, free_port, start, wait_until
+from hal_cli.serving import READY_LINE
+from tests.servers.processes import Service, base_env, free_port, start, wait_until
+
+SERVED_DEPLOYMENTS = ("weekly-refit", "rate-dialogues")
+
+
+@dataclass
+class Served:
+    """A running ``hal serve``: the URLs it printed and its process."""
+
+    prefect_ui: str
+    prefect_api: str
+    mlflow_url: str
+    port: int
+    mlflow_port: int
+    service: Service
+    home: Path
+    ready_s: float
+
+    def printed(self) -> str:
+        return self.service.log.read_text(errors="replace")
+
+
+def printed_url(text: str, label: str) -> str:
+    found = re.search(rf"^{label}\s+(http://\S+)", text, re.M)
+    assert found, f"hal serve did not print the {label} URL:\n{text[-2000:]}"
+    return found.group(1)
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Servers]:
-    """``mlflow server`` (SQLite, local artifacts) and ``hal serve``, started side by side.
+def hal_serve(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Served]:
+    """``hal serve`` as a user runs it, on free ports, with the Prefect UI on.
 
-    ``hal serve --deployment weekly-refit`` runs ``prefect server start --host 127.0.0.1``,
-    creates the process work pools, starts a worker on ``hal-cpu`` and applies the
-    ``fit_reward`` deployment of infra/prefect.yaml.
+    It starts ``prefect server start`` and an MLflow UI over the local SQLite store (both on
+    127.0.0.1), creates the work pools, applies the ``weekly-refit`` (fit_reward) and
+    ``rate-dialogues`` deployments of infra/prefect.yaml and starts a worker per pool this
+    machine can serve. No ``--pool``: the test checks which pools it picked.
     """
-    import time
-
-    home = tmp_path_factory.mktemp("servers")
+    home = tmp_path_factory.mktemp("hal-serve")
+    port, mlflow_port = free_port(), free_port()
+    deployments = [flag for name in SERVED_DEPLOYMENTS for flag in ("--deployment", name)]
+    command = [sys.executable, "-m", "hal_cli", "serve", "--port", str(port),
+               "--mlflow-port", str(mlflow_port), *deployments]  # fmt: skip
+    env = base_env(home, data_dir) | {"PREFECT_SERVER_UI_ENABLED": "true"}
     started = time.monotonic()
-    mlflow_url = f"http://127.0.0.1:{free_port()}"
-    prefect_port = free_port()
-    mlflow_command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host", "127.0.0.1",
-        "--port", mlflow_url.rsplit(":", 1)[1],
-        "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "mlartifacts"),
-    ]  # fmt: skip
-    serve_command = [
-        sys.executable, "-m", "flows.cli", "serve",
-        "--port", str(prefect_port),
-        "--pool", "hal-cpu",
-        "--deployment", "weekly-refit",
-    ]  # fmt: skip
-    env = base_env(home, data_dir)
-    services = [start("mlflow-server", mlflow_command, env, home)]
+    service = start("hal-serve", command, env, home)
     try:
-        services.append(
-            start("hal-serve", serve_command, env | {"MLFLOW_TRACKING_URI": mlflow_url}, home)
+        # A busy 2-core machine takes minutes to migrate a new database and deploy.
+        wait_until(lambda: READY_LINE in service.log.read_text(), 900, "hal serve", [service])
+        text = service.log.read_text()
+        prefect_ui = printed_url(text, "Prefect UI")
+        yield Served(
+            prefect_ui=prefect_ui,
+            prefect_api=f"{prefect_ui}/api",
+            mlflow_url=printed_url(text, "MLflow UI"),
+            port=port,
+            mlflow_port=mlflow_port,
+            service=service,
+            home=home,
+            ready_s=time.monotonic() - started,
         )
-        wait_until(
-            lambda: httpx.get(f"{mlflow_url}/health", timeout=5).status_code == 200,
-            180,
-            "the MLflow server",
-            services,
-        )
-        yield Servers(f"http://127.0.0.1:{prefect_port}/api", mlflow_url, services[1], started)
     finally:
-        for service in reversed(services):
-            service.stop()
+        service.stop()

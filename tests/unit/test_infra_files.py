@@ -46,7 +46,7 @@ def env_example() -> dict[str, str]:
 
 def test_every_published_port_is_bound_to_localhost() -> None:
     published = {name: service.get("ports", []) for name, service in COMPOSE["services"].items()}
-    assert published["prefect-server"] and published["mlflow"] and published["minio"]
+    assert published["prefect-server"] and published["mlflow"]
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
@@ -73,19 +73,27 @@ def test_images_match_the_code() -> None:
     assert "flash-attn" in trainer and 'FLASH_ATTN}" = "1"' in trainer
 
 
-def test_servers_use_postgres_and_minio_with_credentials_from_the_env_file() -> None:
+def test_servers_use_postgres_and_served_artifacts_with_credentials_from_the_env_file() -> None:
     services = COMPOSE["services"]
     prefect_env = services["prefect-server"]["environment"]
     assert prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
         "postgresql+asyncpg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@prefect-db:5432/"
     )
-    command = " ".join(services["mlflow"]["command"])
+    command = services["mlflow"]["command"]
     assert (
-        "--backend-store-uri=postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@mlflow-db"
-        in command
+        "--backend-store-uri=postgresql+psycopg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@mlflow-db"
+        in " ".join(command)
     )
-    assert "--artifacts-destination=s3://" in command
-    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    # Artifacts on the service's volume, proxied by the server: clients need no store access.
+    (destination,) = [
+        c.split("=", 1)[1] for c in command if c.startswith("--artifacts-destination")
+    ]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["mlflow"]["volumes"]}
+    assert mounts[destination] in COMPOSE["volumes"]
+    assert "--serve-artifacts" in command
+    tracking = (DOCKER / "Dockerfile.worker").read_text().split("AS tracking")[1]
+    assert f"mkdir -p {destination}" in tracking and "chown -R hal" in tracking
+    assert '--constraint docker/requirements.lock "psycopg[binary]"' in tracking
     for name, service in services.items():
         for dependency in service.get("depends_on", []):
             assert dependency in services, f"{name} depends on unknown service {dependency}"
@@ -93,8 +101,20 @@ def test_servers_use_postgres_and_minio_with_credentials_from_the_env_file() -> 
     referenced = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text))
     example = env_example()
     assert referenced - set(example) == set(), "variables missing from infra/.env.example"
-    assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"} <= referenced
+    assert set(example) - referenced == set(), "infra/.env.example sets unused variables"
+    assert "POSTGRES_PASSWORD" in referenced
     assert ".env" in (INFRA / ".gitignore").read_text().split()
+
+
+def test_images_copy_every_package_and_script_the_project_runs() -> None:
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in included}
+    assert "hal_cli" in packages
+    for dockerfile in ("Dockerfile.worker", "Dockerfile.trainer"):
+        copied = set(re.findall(r"^COPY (\S+) \1$", (DOCKER / dockerfile).read_text(), re.M))
+        missing = sorted((packages | {"scripts", "infra"}) - copied)
+        assert not missing, f"docker/{dockerfile} does not copy {missing}"
 
 
 def test_worker_environment_names_are_settings_the_code_reads() -> None:
@@ -190,8 +210,7 @@ def test_entrypoint_resolves_to_a_flow_with_one_typed_parameter_model(entrypoint
 
 def test_env_example_holds_placeholders_not_secrets() -> None:
     example = env_example()
-    for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
-        assert example[name].startswith("change-me")
+    assert example["POSTGRES_PASSWORD"].startswith("change-me")
 
 
 def test_multi_node_doc_names_files_that_exist() -> None:
