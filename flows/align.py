@@ -114,11 +114,11 @@ class AlignParams(BaseModel):
         default_factory=dict, description="Recipe keys to override (e.g. num_train_epochs)."
     )
     accelerate_config: Literal["single", "ddp", "zero2", "zero3"] = Field(
-        default="zero2", description="infra/accelerate/<name>.yaml"
+        default="zero2", description="An accelerate config of infra/accelerate (NAME.yaml)."
     )
     num_processes: int = Field(default=2, ge=1, description="Training processes (GPUs).")
     output_dir: str | None = Field(
-        default=None, description="Training folder; default HAL_HOME/training/<recipe>-<inputs>."
+        default=None, description="Training folder; default HAL_HOME/training/RECIPE-INPUTS_HASH."
     )
     force_fresh_start: bool = Field(
         default=False, description="Discard checkpoints of an earlier run instead of resuming."

@@ -138,7 +138,7 @@ class EvaluateParams(BaseModel):
 
     responses_dir: str = Field(
         default="aligned_outputs",
-        description="Folder of <model>/samples_epoch_XX_*.csv files (published responses); "
+        description="Folder of MODEL/samples_epoch_XX_*.csv files (published responses); "
         "read when generated_files is empty.",
     )
     models: list[str] = Field(

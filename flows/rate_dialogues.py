@@ -12,7 +12,7 @@ as they arrive, so a killed run, started again, asks only for what is missing::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,18 +31,6 @@ from tasks.rating import (
     save_table,
     summary_line,
 )
-
-
-def choice_of_models(schema: dict[str, Any]) -> None:
-    """Render a discriminated union in Prefect's run form as a choice between its models.
-
-    Prefect's form shows ``anyOf`` as a selector with the chosen model's own fields, but
-    ``oneOf`` (what pydantic writes for a discriminated union) as an empty JSON editor.
-    Validation is unchanged: pydantic still picks the model by its discriminator.
-    """
-    if "oneOf" in schema:
-        schema["anyOf"] = schema.pop("oneOf")
-        schema.pop("discriminator", None)
 
 
 class RateDialoguesParams(BaseModel):
@@ -74,7 +62,6 @@ class RateDialoguesParams(BaseModel):
     judge: JudgeConfig = Field(
         default_factory=OpenAIJudgeConfig,
         description="Which judge rates (by backend).",
-        json_schema_extra=choice_of_models,
     )
     output_file: str | None = Field(
         default=None,

@@ -33,7 +33,7 @@ class ScoreParams(BaseModel):
         default=None, description="Questionnaire JSON that orders the list column's ratings."
     )
     output_file: str | None = Field(
-        default=None, description="Scored CSV; default <ratings>.scored.csv beside the input."
+        default=None, description="Scored CSV; default RATINGS.scored.csv beside the input."
     )
 
 

@@ -117,6 +117,7 @@ PROCESS_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (no network; SQLite contention)
+    "DO_NOT_TRACK": "1",
     # A local ephemeral Prefect API on a busy 2-core machine can start slower than the default.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }

@@ -354,9 +354,21 @@ class LocalJudgeConfig(_JudgeConfig):
     )
 
 
+def choice_of_models(schema: dict[str, Any]) -> None:
+    """Render the union in a run form (Prefect's) as a choice between its models.
+
+    Prefect's form shows ``anyOf`` as a selector with the chosen model's own fields, but
+    ``oneOf`` (what pydantic writes for a discriminated union) as an empty JSON editor.
+    Validation is unchanged: pydantic still picks the model by its discriminator.
+    """
+    if "oneOf" in schema:
+        schema["anyOf"] = schema.pop("oneOf")
+        schema.pop("discriminator", None)
+
+
 JudgeConfig = Annotated[
     OpenAIJudgeConfig | HFJudgeConfig | RecordedJudgeConfig | LocalJudgeConfig,
-    Field(discriminator="backend"),
+    Field(discriminator="backend", json_schema_extra=choice_of_models),
 ]
 """Any judge configuration; the ``backend`` field selects the model."""
 
