@@ -27,6 +27,7 @@ from hal_core.evaluation import (
 from hal_core.judging import Judge
 from hal_core.pairwise import PairwiseResult
 from hal_core.questionnaire import Questionnaire
+from tasks.retries import retry_unless_bad_input
 from tasks.tracking import log_figure, log_json, log_metrics, log_params
 
 COMPARE_METRICS = (
@@ -40,13 +41,18 @@ COMPARE_METRICS = (
 """Metrics `hal compare` shows for each pipeline run (from the run or its stage runs)."""
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
 def find_response_files(root: Path, models: Sequence[str] | None) -> list[EpochFile]:
     """List each model folder's per-epoch response files."""
     return discover_epoch_files(root, models)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def read_response_files(files: Sequence[EpochFile]) -> pd.DataFrame:
     """Read every epoch's responses into one table."""
     return pd.concat([read_responses(item) for item in files], ignore_index=True)
