@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -174,13 +174,19 @@ def check_contract(
     contract_name: str,
     policy: Policy,
     output_dir: Path,
+    min_rows: int | None = None,
 ) -> ValidationReport:
     """Validate ``frame``; write the result JSON, Data Docs and, in quarantine, failing rows.
+
+    ``min_rows`` overrides the contract's (0: an empty table may pass, e.g. an output whose
+    caller reports emptiness itself).
 
     Row-level failures are quarantined under ``quarantine``; under ``fail`` (or for table-level
     failures, which no row can be blamed for) nothing passes and ``report.error`` says why.
     """
     contract = get_contract(contract_name)
+    if min_rows is not None:
+        contract = replace(contract, min_rows=min_rows)
     source = frame.attrs.get("source", "<table>")
     missing = [c for c in (ROW_COLUMN, contract.id_column) if c not in frame]
     if missing:
@@ -294,11 +300,13 @@ def validate_dataset(
     policy: Policy,
     settings: HalSettings,
     run_id: str | None = None,
+    min_rows: int | None = None,
 ) -> ValidationReport:
-    """Check a table against its contract, log the evidence, and stop on a ``fail`` breach."""
+    """Check a table against its contract, log the evidence, and stop on a ``fail`` breach
+    (``min_rows``: see :func:`check_contract`)."""
     name = dataset_name(frame.attrs.get("source"), contract_name, settings)
     output_dir = settings.home_dir / "validation" / name
-    report = check_contract(frame, contract_name, policy, output_dir)
+    report = check_contract(frame, contract_name, policy, output_dir, min_rows)
     if run_id:
         prefix = f"validation/{name}"
         tracking.log_file(run_id, report.result_path, prefix)
