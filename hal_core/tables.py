@@ -247,25 +247,27 @@ def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
-def table_text(frame: pd.DataFrame) -> str:
-    """CSV text of a table for people to open (formula cells neutralized), without index.
+def table_text(frame: pd.DataFrame, neutralize: bool = True) -> str:
+    """CSV text of a table without index; formula cells neutralized unless told otherwise.
 
     Records end with CRLF (RFC 4180): the csv writer quotes a field that holds any character
     of the line terminator, so a bare CR inside a cell cannot split its row on reading.
     """
-    return neutralize_formulas(frame).to_csv(index=False, lineterminator="\r\n")
+    safe = neutralize_formulas(frame) if neutralize else frame
+    return safe.to_csv(index=False, lineterminator="\r\n")
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table as CSV for people and later stages: formula cells neutralized
-    (:func:`neutralize_cell`), written to a temporary file and renamed, so a reader never
-    sees half a table."""
+def write_table(frame: pd.DataFrame, path: str | Path, neutralize: bool = True) -> Path:
+    """Write a table as CSV, atomically (a temporary file renamed: a reader never sees half a
+    table), with formula cells neutralized (:func:`neutralize_cell`) for people who open it
+    in a spreadsheet. ``neutralize=False`` for a table only later stages read back, where a
+    cell must keep its exact text (a dialogue that starts with "-")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(table_text(frame))
+            stream.write(table_text(frame, neutralize))
         os.replace(scratch, path)
     except BaseException:
         Path(scratch).unlink(missing_ok=True)

@@ -153,12 +153,14 @@ def test_written_tables_neutralize_formula_cells_and_keep_numbers(tmp_path):
     assert list(back.columns)[2] == '\'=HYPERLINK("x")'
     assert table_text(frame) == path.read_bytes().decode("utf-8")
     assert frame["text"][0].startswith("=")  # the caller's frame is not changed
+    exact = pd.read_csv(write_table(frame, tmp_path / "exact.csv", neutralize=False))
+    assert exact["text"].tolist()[:6] == frame["text"].tolist()[:6]  # \r survives, quoted
 
 
 def test_a_failed_write_leaves_the_old_table_and_no_temporary_file(tmp_path, monkeypatch):
     path = write_table(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
 
-    def disk_full(frame):
+    def disk_full(*args):
         raise OSError("disk full")
 
     monkeypatch.setattr(tables, "table_text", disk_full)
