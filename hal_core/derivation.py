@@ -65,9 +65,9 @@ RULE_BLANK = "blank item"
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 DISTANCE_DECIMALS = 7
-"""k-NN distances are rounded to this many decimals: embeddings are float32 (about 7
-significant digits), and digits below that vary with the BLAS and matrix blocking; UMAP's
-spectral initialisation, shared by every seed, would otherwise change with them."""
+"""k-NN distances are rounded to this many decimals: their last float64 digits vary with the
+BLAS kernels and matrix blocking, and UMAP's spectral initialisation, shared by every seed,
+would otherwise change with them. (Embeddings sit on a 1e-6 grid, see ``embed_exact``.)"""
 
 SIMILARITY_DECIMALS = 12
 """Cosines that order statements or decide a merge are rounded to this many decimals, far
