@@ -136,9 +136,10 @@ def collect_statements(
             / "statements"
             / f"{games_path.stem}{limit_suffix(params.limit)}-{proposals.fingerprint[:12]}.csv"
         )
-        # what derive_traits will read must pass its contract before it is written
+        # what derive_traits will read must pass its contract before it is written (an empty
+        # table is reported below, with the judge's reasons)
         validate_dataset(
-            _as_read(statements, output_path), STATEMENTS_CONTRACT, "fail", settings, run_id
+            _as_read(statements, output_path), STATEMENTS_CONTRACT, "fail", settings, run_id, 0
         )
         save_table(statements, output_path)
         metrics = log_statement_run(

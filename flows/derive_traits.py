@@ -32,6 +32,7 @@ from tasks.derivation import (
     log_derivation,
     map_statements,
     measure_coverage,
+    measure_seed_coverage,
     publish_coverage,
     resolve_completer,
     resolve_recipe_path,
@@ -169,7 +170,7 @@ def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResul
         questionnaire = derivation.questionnaire
         stability = assess_stability(clustering, derivation, embeddings, recipe)
         layout = map_statements(clustering, derivation.main.seed)
-        coverage = cluster_coverage = None
+        coverage = cluster_coverage = seed_coverage = None
         if params.reference_questionnaire:
             reference = Questionnaire.load(inputs["reference"])
             reference_vectors = embed_statements([t.text for t in reference.traits], settings)
@@ -180,6 +181,9 @@ def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResul
             centroids = trait_centroids(embeddings, derivation.members)  # diagnostic
             cluster_coverage = measure_coverage(
                 reference, reference_vectors, questionnaire, centroids
+            )
+            seed_coverage = measure_seed_coverage(
+                clustering, statements.texts, reference, reference_vectors
             )
         path = save_questionnaire(questionnaire, settings)
         evidence = DerivationEvidence(
@@ -192,6 +196,7 @@ def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResul
             coverage=coverage,
             cluster_coverage=cluster_coverage,
             questionnaire_path=path,
+            seed_coverage=seed_coverage,
         )
         metrics = log_derivation(
             run_id,

@@ -5,12 +5,14 @@ The paper's "what makes human conversation human" stage as pure functions:
 1. :func:`collect_statements` turns a statements table (``human_characteristics``: a JSON list
    of short statements per game) into one row per statement; :func:`statement_cell_problems`
    names every malformed cell by row and rule.
-2. :func:`embed_unpadded` embeds statements so that a text's vector never depends on the
-   texts encoded alongside it (padding noise would otherwise reach the clustering).
+   :func:`canonical_order` sorts them (text, game, position) whatever the table's order.
+2. :func:`hal_core.embedding.embed_exact` embeds them so that a vector is the same on every
+   machine (float64 encoder, rounded to 1e-6; float32 kernels differ between CPUs).
 3. :func:`cluster_statements` projects the embeddings with UMAP (on an exact cosine k-NN
    graph computed once, see :func:`exact_neighbours`) and clusters the projection with
-   HDBSCAN, seeded and single-threaded so that a seed gives the same labels every time. The
-   recipe runs several seeds; :func:`select_main_run` picks the medoid run.
+   HDBSCAN, seeded and :func:`single_threaded` so that a seed gives the same labels every
+   time. The recipe runs several seeds; :func:`select_main_run` picks the medoid run;
+   :func:`derive_questionnaire` does all of it in one call.
 4. :func:`summarize_clusters` gives each cluster its size, the k statements nearest its
    centroid and a representative (the nearest one); :func:`merge_near_duplicates` merges
    clusters whose representatives are near-duplicates.
@@ -32,7 +34,8 @@ import hashlib
 import json
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -43,14 +46,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hal_core.embedding import (
-    EMBEDDING_DIM,
-    EMBEDDING_MODEL,
-    EmbeddingCache,
-    embed_texts,
-    load_encoder,
-    text_key,
-)
+from hal_core.embedding import EmbeddingCache, embed_exact
 from hal_core.questionnaire import Questionnaire, Trait
 from hal_core.tables import ROW_COLUMN, parse_list_cell
 
@@ -69,9 +65,13 @@ RULE_BLANK = "blank item"
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 DISTANCE_DECIMALS = 7
-"""k-NN distances are rounded to this many decimals: embeddings are float32 (about 7
-significant digits), and digits below that vary with the BLAS and matrix blocking; UMAP's
-spectral initialisation, shared by every seed, would otherwise change with them."""
+"""k-NN distances are rounded to this many decimals: their last float64 digits vary with the
+BLAS kernels and matrix blocking, and UMAP's spectral initialisation, shared by every seed,
+would otherwise change with them. (Embeddings sit on a 1e-6 grid, see ``embed_exact``.)"""
+
+SIMILARITY_DECIMALS = 12
+"""Cosines that order statements or decide a merge are rounded to this many decimals, far
+above their float64 noise (~1e-16, which varies with BLAS kernels and threads)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def collect_statements(frame: pd.DataFrame, column: str = STATEMENTS_COLUMN) -> 
 
     Raises :class:`StatementsError` naming file, row and rule when any cell is malformed.
     Statements are stripped of surrounding whitespace; repeats across games are kept (they
-    count towards cluster sizes).
+    count towards cluster sizes). Rows follow the table; see :func:`canonical_order`.
     """
     source = _require_columns(frame, column)
     problems = statement_cell_problems(frame, column)
@@ -331,43 +331,41 @@ def collect_statements(frame: pd.DataFrame, column: str = STATEMENTS_COLUMN) -> 
     return statements
 
 
+def canonical_order(statements: pd.DataFrame) -> pd.DataFrame:
+    """Statements sorted by text (code points), then game id and position, index reset.
+
+    UMAP's layout depends on the order of its points, so statements are clustered in this
+    order: the same statements in a reordered table give the same questionnaire.
+    """
+    columns = (statements["text"], statements["game_id"].astype(str), statements["position"])
+    keys = list(zip(*columns, strict=True))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    ordered = statements.iloc[order].reset_index(drop=True)
+    ordered.attrs.update(statements.attrs)
+    return ordered
+
+
 # --------------------------------------------------------------------------------------------
 # Embedding geometry, projection and clustering
 
 
-UNPADDED_MODEL_KEY = f"{EMBEDDING_MODEL}:unpadded"
-"""Cache namespace of :func:`embed_unpadded` vectors (kept apart from padded-batch ones)."""
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """BLAS, OpenMP and numba run one thread inside, and get their thread counts back after.
 
-
-def embed_unpadded(
-    texts: Sequence[str], cache: EmbeddingCache | None = None, model_path: str | None = None
-) -> np.ndarray:
-    """Normalized embeddings that do not depend on which texts were encoded alongside.
-
-    In a padded batch a text's vector moves by ~1e-7 with its companions, and UMAP turns
-    such noise into a different clustering. Missing texts are therefore encoded in batches of
-    equal token length (no padding), which gives bit-identical vectors whatever the batch.
-    Use a cache created with ``model_name=UNPADDED_MODEL_KEY``.
+    Set around the call, not at import, so the rest of the process keeps its threads. (UMAP
+    itself sets numba to one thread for a seeded run and never restores it; this does.)
     """
-    keys = [text_key(text) for text in texts]
-    vectors = cache.get_many(sorted(set(keys))) if cache is not None else {}
-    missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in vectors}.items())
-    if missing:
-        encoder = load_encoder(model_path)
-        by_length: dict[int, list[tuple[str, str]]] = {}
-        for key, text in missing:
-            tokens = encoder.tokenizer(text, truncation=True, max_length=encoder.max_seq_length)
-            by_length.setdefault(len(tokens["input_ids"]), []).append((key, text))
-        fresh = {}
-        for _, group in sorted(by_length.items()):
-            encoded = embed_texts([text for _, text in group], None, model_path)
-            fresh.update(zip([key for key, _ in group], encoded, strict=True))
-        if cache is not None:
-            cache.put_many(fresh)
-        vectors.update(fresh)
-    if not texts:
-        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    return np.vstack([vectors[key] for key in keys])
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    previous = numba.get_num_threads()
+    try:
+        with threadpool_limits(limits=1):
+            numba.set_num_threads(1)
+            yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -407,9 +405,9 @@ def exact_neighbours(
     UMAP's own path for fewer than 4,096 points calls a numba metric once per pair through
     scikit-learn (about a minute for 2,700 statements); this blockwise matrix product gives
     the same graph in about a second and is computed once for every seed. Distances are
-    rounded to 1e-9 and ties go to the lower index, so repeated statements (exact ties) and
-    last-bit differences between matrix-product blockings never reorder neighbours, which
-    would change the UMAP layout.
+    rounded to ``DISTANCE_DECIMALS`` and ties go to the lower index, so repeated statements
+    (exact ties) and last-bit differences between matrix-product blockings never reorder
+    neighbours, which would change the UMAP layout.
     """
     points = np.asarray(embeddings, dtype=np.float64)
     n = len(points)
@@ -421,7 +419,8 @@ def exact_neighbours(
     distances = np.empty((n, k), dtype=np.float64)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        product = points[start:stop] @ points.T
+        with single_threaded():
+            product = points[start:stop] @ points.T
         if metric == "cosine":
             dist = 1.0 - product
         else:
@@ -449,7 +448,7 @@ def project(
     """UMAP layout of the embeddings on a precomputed k-NN graph; seeded, single-threaded."""
     import umap
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_threaded():
         warnings.simplefilter("ignore")
         reducer = umap.UMAP(
             n_neighbors=config.n_neighbors,
@@ -478,7 +477,7 @@ def cluster_layout(layout: np.ndarray, config: HdbscanConfig) -> np.ndarray:
     """HDBSCAN labels of a layout, in canonical order."""
     import hdbscan
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_threaded():
         warnings.simplefilter("ignore")
         labels = hdbscan.HDBSCAN(
             min_cluster_size=config.min_cluster_size,
@@ -613,7 +612,8 @@ def summarize_members(
     vectors = unit_rows(np.asarray(embeddings)[members])
     centroid = vectors.mean(axis=0)
     centroid /= np.linalg.norm(centroid) or 1.0
-    similarity = vectors @ centroid
+    # rounded far above float64 noise (BLAS kernels, threads): repeated statements tie exactly
+    similarity = np.round(vectors @ centroid, SIMILARITY_DECIMALS)
     order = np.lexsort((members, -similarity))  # nearest first; ties by statement index
     return ClusterSummary(
         labels=tuple(int(label) for label in labels),
@@ -648,7 +648,7 @@ def merge_near_duplicates(
     for summary in visit:
         vector = vectors[summary.representative]
         if anchors:
-            similarity = np.asarray(anchors) @ vector
+            similarity = np.round(np.asarray(anchors) @ vector, SIMILARITY_DECIMALS)
             best = int(np.argmax(similarity))
             if similarity[best] >= threshold:
                 groups[best].append(summary)
@@ -957,6 +957,40 @@ def consolidate(
     )
 
 
+@dataclass(frozen=True)
+class RecipeRun:
+    """A whole recipe over a set of statements: vectors, every seeded run, the questionnaire."""
+
+    statements: pd.DataFrame
+    embeddings: np.ndarray
+    runs: list[Clustering]
+    derivation: Derivation
+
+
+def derive_questionnaire(
+    statements: pd.DataFrame,
+    recipe: DerivationRecipe,
+    cache: EmbeddingCache | None = None,
+    name: str = "derived",
+    derivation: dict | None = None,
+) -> RecipeRun:
+    """Order, embed, cluster under every recipe seed and consolidate (extractive), in one call.
+
+    ``statements``: :func:`collect_statements` rows. The ``derive_traits`` flow runs the same
+    steps as separate tasks (and reuses stored layouts); this is the recipe for a script or
+    a child process, e.g. to check that two processes with other threads and CPU kernels
+    write the same questionnaire.
+    """
+    statements = canonical_order(statements)
+    texts = statements["text"].tolist()
+    embeddings = embed_exact(texts, cache)
+    neighbours = exact_neighbours(embeddings, recipe.umap.n_neighbors, recipe.umap.metric)
+    runs = [cluster_statements(embeddings, recipe, seed, neighbours) for seed in recipe.seeds]
+    main = select_main_run(runs, recipe.main_run)
+    result = consolidate(embeddings, texts, main, recipe, name=name, derivation=derivation)
+    return RecipeRun(statements=statements, embeddings=embeddings, runs=runs, derivation=result)
+
+
 # --------------------------------------------------------------------------------------------
 # Coverage and stability
 
@@ -1004,6 +1038,37 @@ def coverage_metric(threshold: float) -> str:
 def coverage_counts(table: pd.DataFrame, thresholds: Sequence[float]) -> dict[str, int]:
     """``coverage.n_at_0.70`` -> number of reference traits matched at cosine >= 0.70."""
     return {coverage_metric(t): int((table["cosine"] >= t - 1e-9).sum()) for t in thresholds}
+
+
+def coverage_by_seed(
+    runs: Sequence[Clustering],
+    embeddings: np.ndarray,
+    texts: Sequence[str],
+    recipe: DerivationRecipe,
+    reference: Questionnaire,
+    reference_vectors: np.ndarray,
+) -> pd.DataFrame:
+    """Coverage of each seeded run's own extractive questionnaire: one row per seed.
+
+    A questionnaire comes from one run, so its coverage moves with the seed (on the GPT-5
+    statements, by a few traits); this spread is the margin a single figure deserves. An
+    extractive trait is a statement, so its vector is that statement's embedding.
+    """
+    position = {text: index for index, text in enumerate(texts)}
+    rows = []
+    for run in runs:
+        questionnaire = consolidate(embeddings, texts, run, recipe).questionnaire
+        vectors = np.asarray(embeddings)[[position[t.text] for t in questionnaire.traits]]
+        table = coverage_table(reference, reference_vectors, questionnaire, vectors)
+        rows.append(
+            {
+                "seed": run.seed,
+                "n_clusters": run.n_clusters,
+                "n_traits": len(questionnaire.traits),
+                **coverage_counts(table, recipe.coverage_thresholds),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Sentence embeddings with all-MiniLM-L6-v2, loaded offline and cached on disk by content hash."""
+"""Sentence embeddings with all-MiniLM-L6-v2, loaded offline and cached on disk by content hash.
+
+:func:`embed_texts` is the fast float32 path. :func:`embed_exact` gives vectors that are the
+same on every machine, for work whose result must not depend on the CPU (trait derivation).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,18 @@ import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
+
+EXACT_DECIMALS = 6
+""":func:`embed_exact` rounds vector components to this many decimals (see there)."""
+
+EXACT_MODEL_KEY = f"{EMBEDDING_MODEL}:float64-round{EXACT_DECIMALS}"
+"""Cache namespace of :func:`embed_exact` vectors (kept apart from float32 ones)."""
 
 
 def default_model_path() -> str:
@@ -23,12 +34,14 @@ def default_model_path() -> str:
 
 
 @lru_cache(maxsize=4)
-def load_encoder(model_path: str | None = None):
-    """A SentenceTransformer loaded from local files only (no hub access)."""
+def load_encoder(model_path: str | None = None, dtype: Literal["float32", "float64"] = "float32"):
+    """A SentenceTransformer loaded from local files only (no hub access), in ``dtype``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(model_path or default_model_path(), device="cpu")
+    encoder = SentenceTransformer(model_path or default_model_path(), device="cpu")
+    return encoder.to(getattr(torch, dtype))
 
 
 def text_key(text: str) -> str:
@@ -97,6 +110,48 @@ def embed_texts(
             show_progress_bar=False,
         ).astype(np.float32)
         fresh = {key: vector for (key, _), vector in zip(missing, vectors, strict=True)}
+        if cache is not None:
+            cache.put_many(fresh)
+        known.update(fresh)
+    if not texts:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return np.vstack([known[key] for key in keys])
+
+
+def embed_exact(
+    texts: Sequence[str],
+    cache: EmbeddingCache | None = None,
+    model_path: str | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Unit embeddings (float32) that are bit-identical on every machine, thread count and batch.
+
+    In float32 the encoder's result depends on the CPU's kernels (AVX2, AVX-512, MKL's and
+    oneDNN's code paths), the thread count and the padding of a batch: about 94 % of the
+    components move by up to ~2e-7, and UMAP turns that into another clustering. The encoder
+    therefore runs in float64, where those differences are ~5e-16, and components are rounded
+    to ``EXACT_DECIMALS`` (1e-6): a component lands within 5e-16 of a rounding boundary with
+    probability ~1e-9, so a whole set of 2,700 statements (1M components) comes out the same
+    almost surely. Rows are then near unit length (within ~1e-5); derivation renormalizes.
+    Use a cache created with ``model_name=EXACT_MODEL_KEY``.
+    """
+    keys = [text_key(text) for text in texts]
+    known = cache.get_many(sorted(set(keys))) if cache is not None else {}
+    missing = sorted(
+        {key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items()
+    )
+    if missing:
+        encoder = load_encoder(model_path, "float64")
+        vectors = encoder.encode(
+            [text for _, text in missing],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        rounded = np.round(np.asarray(vectors, dtype=np.float64), EXACT_DECIMALS)
+        rounded = rounded.astype(np.float32)
+        fresh = {key: vector for (key, _), vector in zip(missing, rounded, strict=True)}
         if cache is not None:
             cache.put_many(fresh)
         known.update(fresh)

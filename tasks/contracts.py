@@ -25,13 +25,25 @@ PATIENT_LINES = (
 
 @dataclass(frozen=True)
 class DataContract:
-    """A dataset's rules: the id column, derived columns and the expectations on them."""
+    """A dataset's rules: the id column, derived columns and the expectations on them.
+
+    ``min_rows``: a table with fewer rows breaks the contract (a header-only file is no
+    dataset); under quarantine, fewer valid rows than this left over is an error too.
+    """
 
     name: str
     id_column: str
     expectations: Callable[[], list[gx.expectations.Expectation]]
     derive: Callable[[pd.DataFrame], pd.DataFrame] = lambda frame: frame
     description: str = ""
+    min_rows: int = 1
+
+    def suite_expectations(self) -> list[gx.expectations.Expectation]:
+        """Every expectation of the contract: the row count first, then the dataset's own."""
+        return [
+            EXPECTATIONS.ExpectTableRowCountToBeBetween(min_value=self.min_rows),
+            *self.expectations(),
+        ]
 
 
 def _list_json(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -15,14 +15,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hal_core import derivation as core
-from hal_core.embedding import EmbeddingCache
+from hal_core.embedding import EXACT_MODEL_KEY, EmbeddingCache, embed_exact
 from hal_core.judges import JudgeConfig, build_judge
 from hal_core.judging import JudgeConfigurationError
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import PROJECT_ROOT, HalSettings
-from hal_core.tables import read_table
+from hal_core.tables import read_table, table_text
 from tasks import tracking
 from tasks.rating import resolve_api_key
+from tasks.retries import retry_unless_bad_input
 
 COVERAGE_ARTIFACT_KEY = "derive-traits-coverage"
 
@@ -128,7 +129,13 @@ class ClusteringRuns:
         return layout
 
 
-@task(name="load_statements", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    name="load_statements",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def load_statements(path: Path) -> pd.DataFrame:
     """Read a statements table with row numbers for error messages."""
     return read_table(path)
@@ -136,23 +143,24 @@ def load_statements(path: Path) -> pd.DataFrame:
 
 @task(name="extract_statements", cache_policy=NO_CACHE)
 def extract_statements(frame: pd.DataFrame, policy: str) -> StatementSet:
-    """One row per statement; malformed cells stop the run (fail) or are set aside."""
+    """One row per statement, in canonical order; malformed cells stop the run (fail) or are
+    set aside."""
     problems = core.statement_cell_problems(frame)
     if policy == "fail" or not problems:
-        return StatementSet(core.collect_statements(frame), frame.iloc[0:0])
+        return StatementSet(core.canonical_order(core.collect_statements(frame)), frame.iloc[0:0])
     valid, quarantined = core.split_statement_rows(frame, problems)
-    return StatementSet(core.collect_statements(valid), quarantined)
+    return StatementSet(core.canonical_order(core.collect_statements(valid)), quarantined)
 
 
 def embedding_cache(settings: HalSettings) -> EmbeddingCache:
-    """The derivation's embedding cache (unpadded vectors) under HAL_HOME."""
-    return EmbeddingCache(embedding_cache_path(settings), model_name=core.UNPADDED_MODEL_KEY)
+    """The derivation's embedding cache (machine-independent vectors) under HAL_HOME."""
+    return EmbeddingCache(embedding_cache_path(settings), model_name=EXACT_MODEL_KEY)
 
 
 @task(name="embed_statements", cache_policy=NO_CACHE)
 def embed_statements(texts: Sequence[str], settings: HalSettings) -> np.ndarray:
-    """Normalized all-MiniLM-L6-v2 embeddings; cached texts are read, not re-encoded."""
-    return core.embed_unpadded(list(texts), embedding_cache(settings))
+    """all-MiniLM-L6-v2 embeddings, the same on any machine; cached texts are not re-encoded."""
+    return embed_exact(list(texts), embedding_cache(settings))
 
 
 @task(name="cluster_statements", cache_policy=NO_CACHE)
@@ -213,6 +221,24 @@ def measure_coverage(
     return core.coverage_table(reference, reference_vectors, derived, derived_vectors)
 
 
+@task(name="measure_seed_coverage", cache_policy=NO_CACHE)
+def measure_seed_coverage(
+    clustering: ClusteringRuns,
+    texts: Sequence[str],
+    reference: Questionnaire,
+    reference_vectors: np.ndarray,
+) -> pd.DataFrame:
+    """Coverage of every seeded run's own extractive questionnaire (how much a seed moves it)."""
+    return core.coverage_by_seed(
+        clustering.runs,
+        clustering.embeddings,
+        texts,
+        clustering.recipe,
+        reference,
+        reference_vectors,
+    )
+
+
 @task(name="save_questionnaire", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def save_questionnaire(questionnaire: Questionnaire, settings: HalSettings) -> Path:
     """Write the derived questionnaire under HAL_HOME/traits, named by its version."""
@@ -256,6 +282,7 @@ class DerivationEvidence:
     coverage: pd.DataFrame | None
     cluster_coverage: pd.DataFrame | None
     questionnaire_path: Path
+    seed_coverage: pd.DataFrame | None = None
 
 
 def derivation_metrics(
@@ -284,6 +311,15 @@ def derivation_metrics(
         metrics |= {
             name.replace("coverage.", "coverage_clusters."): n for name, n in counts.items()
         }
+    if evidence.seed_coverage is not None:
+        for threshold in recipe.coverage_thresholds:
+            column = evidence.seed_coverage[core.coverage_metric(threshold)]
+            name = core.coverage_metric(threshold).replace("coverage.", "coverage_seeds.")
+            metrics |= {
+                f"{name}.min": float(column.min()),
+                f"{name}.mean": float(column.mean()),
+                f"{name}.max": float(column.max()),
+            }
     return metrics
 
 
@@ -311,7 +347,7 @@ def log_derivation(
     client = MlflowClient()
     client.log_text(run_id, questionnaire.to_json(), "questionnaire.json")
     if evidence.coverage is not None:
-        client.log_text(run_id, evidence.coverage.to_csv(index=False), "coverage/coverage.csv")
+        client.log_text(run_id, table_text(evidence.coverage), "coverage/coverage.csv")
         summary = ", ".join(f"{k} = {int(v)}" for k, v in metrics.items() if "n_at_" in k)
         client.log_text(
             run_id,
@@ -322,9 +358,11 @@ def log_derivation(
     if evidence.cluster_coverage is not None:
         client.log_text(
             run_id,
-            evidence.cluster_coverage.to_csv(index=False),
+            table_text(evidence.cluster_coverage),
             "coverage/coverage_cluster_centroids.csv",
         )
+    if evidence.seed_coverage is not None:
+        client.log_text(run_id, table_text(evidence.seed_coverage), "coverage/coverage_by_seed.csv")
     tracking.log_json(run_id, evidence.stability.to_dict(), "stability.json")
     texts = evidence.statements.texts
     noise = int(np.sum(derivation.main.labels == core.NOISE))
@@ -335,11 +373,11 @@ def log_derivation(
     )
     owners = core.statement_traits(len(texts), derivation.members)
     table = evidence.statements.statements.assign(cluster=derivation.main.labels, trait_id=owners)
-    client.log_text(run_id, table.to_csv(index=False), "statements_clusters.csv")
+    client.log_text(run_id, table_text(table), "statements_clusters.csv")
     if len(evidence.statements.quarantined):
         client.log_text(
             run_id,
-            evidence.statements.quarantined.to_csv(index=False),
+            table_text(evidence.statements.quarantined),
             "quarantine/statements_quarantined.csv",
         )
     if derivation.llm_prompt is not None:

@@ -38,6 +38,7 @@ from hal_core.pairwise import PairwiseResult
 from hal_core.paper import is_paper_weights, load_paper_weights
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings
+from tasks.retries import retry_unless_bad_input
 from tasks.scoring import MLFLOW_SCHEMES, load_reward
 from tasks.tracking import log_figure, log_file, log_metrics, log_params
 
@@ -63,13 +64,23 @@ POLICY_DESCRIPTION = (
 )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def find_response_files(root: Path, models: Sequence[str] | None) -> list[EpochFile]:
     """List each model folder's per-epoch response files."""
     return discover_epoch_files(root, models)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def read_response_files(files: Sequence[EpochFile]) -> pd.DataFrame:
     """Read every epoch's responses into one table."""
     return pd.concat([read_responses(item) for item in files], ignore_index=True)

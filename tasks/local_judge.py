@@ -45,6 +45,7 @@ from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings
 from hal_core.tables import read_table
 from tasks import tracking
+from tasks.retries import retry_unless_bad_input
 
 LOCAL_JUDGE_MODEL_NAME = "hal-judge-local"
 LOCAL_JUDGE_ARTIFACT_KEY = "local_judge"
@@ -54,7 +55,13 @@ SPEAKER_PRESETS = {"doctor_visit": SpeakerTags.doctor_visit, "turing": SpeakerTa
 # ---------------------------------------------------------------------------------- loading
 
 
-@task(name="read_rating_tables", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    name="read_rating_tables",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def read_rating_tables(data_dir: Path, pattern: str) -> dict[str, pd.DataFrame]:
     """Read every ratings CSV matching ``pattern`` under the data folder, keyed by relative path."""
     paths = sorted(data_dir.glob(pattern))

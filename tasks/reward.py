@@ -19,6 +19,7 @@ from hal_core.questionnaire import Questionnaire
 from hal_core.tables import read_table
 from tasks import tracking
 from tasks.registry import log_reward_model
+from tasks.retries import retry_unless_bad_input
 
 
 @task(name="load_questionnaire")
@@ -27,7 +28,12 @@ def load_questionnaire(path: Path) -> Questionnaire:
     return Questionnaire.load(path)
 
 
-@task(name="load_table", retries=2, retry_delay_seconds=2)
+@task(
+    name="load_table",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def load_table(path: Path) -> pd.DataFrame:
     """Read a CSV table with row numbers for error messages."""
     return read_table(path)

@@ -26,9 +26,16 @@ from tasks.rating import (
     param_text,
     resolve_api_key,
 )
+from tasks.retries import retry_unless_bad_input
 
 
-@task(name="read_games", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(
+    name="read_games",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def read_games(path: Path, limit: int | None = None) -> pd.DataFrame:
     """Read a games table (the first ``limit`` rows) with row numbers for error messages."""
     table = read_table(path)

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +14,7 @@ import pandas as pd
 from prefect import task
 
 from hal_core.settings import HalSettings
-from hal_core.tables import ROW_COLUMN
+from hal_core.tables import ROW_COLUMN, write_table
 from tasks import tracking
 from tasks.contracts import DataContract, get_contract
 
@@ -27,20 +27,47 @@ class DataContractError(ValueError):
     """A table broke its contract; the message names the file, rows and failed expectations."""
 
 
+UNIQUE = "expect_column_values_to_be_unique"
+KEEP_FIRST = "quarantine keeps the first occurrence of a repeated value, drops the later ones"
+
+
 @dataclass(frozen=True)
 class RuleFailure:
+    """One failed expectation: the rows it names (``_row`` and the id) or, for a table-level
+    rule, what GX observed and the rule's bounds."""
+
     expectation: str
     column: str | None
     rows: list[dict]
     unexpected_count: int
     table_level: bool
+    observed: object = None
+    bounds: dict = field(default_factory=dict)
 
     def _describe_row(self, row: dict) -> str:
-        ids = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (ROW_COLUMN, self.column))
-        return f"row {row.get(ROW_COLUMN)} ({ids})"
+        values = {k: v for k, v in row.items() if k not in (ROW_COLUMN, self.column)}
+        values = values or {k: v for k, v in row.items() if k != ROW_COLUMN}
+        ids = ", ".join(f"{k}={v}" for k, v in values.items())
+        return f"row {row.get(ROW_COLUMN)}" + (f" ({ids})" if ids else "")
+
+    def _describe_repeats(self, limit: int) -> str:
+        rows_by_value: dict[str, list[int]] = {}
+        for row in self.rows:
+            rows_by_value.setdefault(str(row.get(self.column)), []).append(row[ROW_COLUMN])
+        shown = [
+            f"{self.column}={value} at rows {', '.join(map(str, sorted(rows)))}"
+            for value, rows in list(rows_by_value.items())[:limit]
+        ]
+        more = len(rows_by_value) - len(shown)
+        return "; ".join(shown) + (f" and {more} more values" if more > 0 else "")
 
     def describe(self, limit: int = 5) -> str:
-        where = f"column {self.column!r}" if self.column else "table"
+        if self.table_level:
+            bounds = ", ".join(f"{k}={v}" for k, v in self.bounds.items() if v is not None)
+            return f"{self.expectation} on table: observed {self.observed!r} ({bounds})"
+        where = f"column {self.column!r}"
+        if self.expectation == UNIQUE and all(self.column in row for row in self.rows):
+            return f"{UNIQUE} on {where}: {self._describe_repeats(limit)} ({KEEP_FIRST})"
         shown = ", ".join(self._describe_row(row) for row in self.rows[:limit])
         more = f" and {len(self.rows) - limit} more" if len(self.rows) > limit else ""
         detail = f": {shown}{more}" if shown else f" ({self.unexpected_count} unexpected)"
@@ -103,6 +130,12 @@ def _failures(result, contract: DataContract) -> list[RuleFailure]:
                     rows=rows,
                     unexpected_count=int(details.get("unexpected_count") or 0),
                     table_level="unexpected_index_list" not in details,
+                    observed=_to_builtin(details.get("observed_value")),
+                    bounds={
+                        key: config.kwargs.get(key)
+                        for key in ("min_value", "max_value")
+                        if key in config.kwargs
+                    },
                 )
             )
     return failures
@@ -117,7 +150,7 @@ def _run_checkpoint(frame: pd.DataFrame, contract: DataContract, project_root: P
     asset = source.add_dataframe_asset(name=contract.name)
     batch = asset.add_batch_definition_whole_dataframe("whole_table")
     suite = context.suites.add(
-        gx.ExpectationSuite(name=contract.name, expectations=contract.expectations())
+        gx.ExpectationSuite(name=contract.name, expectations=contract.suite_expectations())
     )
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=contract.name, data=batch, suite=suite)
@@ -141,13 +174,19 @@ def check_contract(
     contract_name: str,
     policy: Policy,
     output_dir: Path,
+    min_rows: int | None = None,
 ) -> ValidationReport:
     """Validate ``frame``; write the result JSON, Data Docs and, in quarantine, failing rows.
+
+    ``min_rows`` overrides the contract's (0: an empty table may pass, e.g. an output whose
+    caller reports emptiness itself).
 
     Row-level failures are quarantined under ``quarantine``; under ``fail`` (or for table-level
     failures, which no row can be blamed for) nothing passes and ``report.error`` says why.
     """
     contract = get_contract(contract_name)
+    if min_rows is not None:
+        contract = replace(contract, min_rows=min_rows)
     source = frame.attrs.get("source", "<table>")
     missing = [c for c in (ROW_COLUMN, contract.id_column) if c not in frame]
     if missing:
@@ -183,18 +222,19 @@ def check_contract(
             None,
             error,
         )
-    failed_rules: dict[int, list[str]] = {}
-    for failure in failures:
-        for row in failure.rows:
-            failed_rules.setdefault(int(row[ROW_COLUMN]), []).append(
-                f"{failure.expectation}({failure.column})"
-            )
+    failed_rules = quarantine_rules(frame, failures)
     is_failed = frame[ROW_COLUMN].isin(failed_rules)
     quarantined = frame[is_failed].copy()
     quarantined["_failed_rules"] = quarantined[ROW_COLUMN].map(lambda r: "; ".join(failed_rules[r]))
-    quarantined.to_csv(stale_quarantine, index=False)
+    write_table(quarantined, stale_quarantine)
     valid = frame[~is_failed].copy()
     valid.attrs.update(frame.attrs)
+    too_few = None
+    if len(valid) < contract.min_rows:
+        too_few = (
+            f"{error}\n  quarantine left {len(valid)} of {len(frame)} rows valid; the contract "
+            f"needs at least {contract.min_rows}"
+        )
     return ValidationReport(
         contract.name,
         source,
@@ -204,8 +244,33 @@ def check_contract(
         result_path,
         docs_path,
         stale_quarantine,
-        None,
+        too_few,
     )
+
+
+def quarantine_rules(frame: pd.DataFrame, failures: list[RuleFailure]) -> dict[int, list[str]]:
+    """Row number -> the rules that quarantine it.
+
+    A uniqueness rule quarantines only the later occurrences of a repeated value: the first
+    (lowest row) stays valid unless another rule fails it.
+    """
+    failed_rules: dict[int, list[str]] = {}
+    for failure in failures:
+        rows = [int(row[ROW_COLUMN]) for row in failure.rows]
+        reasons = {row: f"{failure.expectation}({failure.column})" for row in rows}
+        if failure.expectation == UNIQUE and failure.column in frame:
+            flagged = frame[frame[ROW_COLUMN].isin(rows)]
+            values = flagged[failure.column].astype(str)
+            first = flagged.groupby(values)[ROW_COLUMN].transform("min")
+            reasons = {
+                int(row): f"{UNIQUE}({failure.column}): {failure.column}={value} is first at "
+                f"row {int(earliest)}, which is kept"
+                for row, value, earliest in zip(flagged[ROW_COLUMN], values, first, strict=True)
+                if row != earliest
+            }
+        for row, reason in reasons.items():
+            failed_rules.setdefault(row, []).append(reason)
+    return failed_rules
 
 
 def dataset_name(source: str | None, contract_name: str, settings: HalSettings) -> str:
@@ -235,11 +300,13 @@ def validate_dataset(
     policy: Policy,
     settings: HalSettings,
     run_id: str | None = None,
+    min_rows: int | None = None,
 ) -> ValidationReport:
-    """Check a table against its contract, log the evidence, and stop on a ``fail`` breach."""
+    """Check a table against its contract, log the evidence, and stop on a ``fail`` breach
+    (``min_rows``: see :func:`check_contract`)."""
     name = dataset_name(frame.attrs.get("source"), contract_name, settings)
     output_dir = settings.home_dir / "validation" / name
-    report = check_contract(frame, contract_name, policy, output_dir)
+    report = check_contract(frame, contract_name, policy, output_dir, min_rows)
     if run_id:
         prefix = f"validation/{name}"
         tracking.log_file(run_id, report.result_path, prefix)

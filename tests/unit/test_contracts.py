@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from hal_core.tables import read_table
-from tasks.validation import check_contract
+from tasks.validation import UNIQUE, check_contract
 
 
 def _set(column, index, value):
@@ -84,19 +84,57 @@ def test_fail_policy_names_file_rows_and_rules(corrupted_file, tmp_path):
         matching = [f for f in report.failures if f.expectation == rule]
         flagged = {row["_row"] for failure in matching for row in failure.rows}
         assert set(rows) <= flagged, name
-        for row in rows:
-            assert f"row {row} " in report.error, name
+        if rule != UNIQUE:
+            for row in rows:
+                assert f"row {row} " in report.error, name
+    repeated = pd.read_csv(corrupted_file)["game_id"][31]
+    assert (
+        f"expect_column_values_to_be_unique on column 'game_id': game_id={repeated} at rows "
+        "31, 32 (quarantine keeps the first occurrence of a repeated value, drops the later ones)"
+    ) in report.error
+    assert "()" not in report.error
     assert "expect_column_values_to_match_json_schema on column 'likert_evaluation_A__json'" in (
         report.error
     )
 
 
-def test_quarantine_keeps_every_valid_row(corrupted_file, tmp_path):
+def test_quarantine_keeps_every_valid_row_and_the_first_of_repeated_ids(corrupted_file, tmp_path):
     report = check_contract(read_table(corrupted_file), "turing_ratings32", "quarantine", tmp_path)
-    bad_rows = {row for _, rows, _ in CORRUPTIONS.values() for row in rows}
+    bad_rows = {row for _, rows, _ in CORRUPTIONS.values() for row in rows} - {31}
     assert set(report.quarantined["_row"]) == bad_rows
     assert len(report.valid) == 557 - len(bad_rows)
     assert set(report.valid["_row"]).isdisjoint(bad_rows)
-    quarantined = pd.read_csv(report.quarantine_path)
+    assert 31 in set(report.valid["_row"])  # game id of rows 31 and 32: the first stays
+    quarantined = pd.read_csv(report.quarantine_path).set_index("_row")
     assert quarantined["_failed_rules"].str.contains("expect_").all()
+    assert quarantined.loc[32, "_failed_rules"] == (
+        f"expect_column_values_to_be_unique(game_id): game_id={quarantined.loc[32, 'game_id']} "
+        "is first at row 31, which is kept"
+    )
     assert report.error is None
+
+
+def test_a_header_only_table_breaks_the_row_count_rule_under_either_policy(data_dir, tmp_path):
+    path = tmp_path / "ratings_header_only.csv"
+    path.write_text(
+        pd.read_csv(data_dir / "turing" / "ratings32_gpt-5.csv").head(0).to_csv(index=False)
+    )
+    for policy in ("fail", "quarantine"):
+        report = check_contract(read_table(path), "turing_ratings32", policy, tmp_path / policy)
+        assert len(report.valid) == 0
+        assert report.error == (
+            f"{path}: data contract turing_ratings32 failed:\n"
+            "  - expect_table_row_count_to_be_between on table: observed 0 (min_value=1)"
+        )
+    allowed = check_contract(read_table(path), "turing_ratings32", "fail", tmp_path, min_rows=0)
+    assert allowed.success and allowed.error is None  # a caller may accept an empty table
+
+
+def test_quarantine_that_leaves_too_few_rows_is_an_error(data_dir, tmp_path):
+    frame = pd.read_csv(data_dir / "turing" / "ratings32_gpt-5.csv").head(2)
+    frame["likert_evaluation_A"] = "five"
+    path = tmp_path / "ratings_all_bad.csv"
+    frame.to_csv(path, index=False)
+    report = check_contract(read_table(path), "turing_ratings32", "quarantine", tmp_path)
+    assert len(report.quarantined) == 2 and len(report.valid) == 0
+    assert report.error.endswith("quarantine left 0 of 2 rows valid; the contract needs at least 1")

@@ -305,3 +305,55 @@ def test_shipped_recipe_loads_and_unknown_keys_are_rejected(tmp_path) -> None:
         dv.DerivationRecipe.load(bad)
     with pytest.raises(ValueError, match="seeds repeat"):
         dv.DerivationRecipe(seeds=[1, 1])
+
+
+def test_canonical_order_makes_the_order_of_table_rows_irrelevant() -> None:
+    cells = [
+        json.dumps(["Uses slang.", "Shares plans."]),
+        json.dumps(["Asks back.", "Uses slang."]),
+        json.dumps(["Makes typos."]),
+    ]
+    forward = dv.canonical_order(dv.collect_statements(statements_frame(cells)))
+    reversed_table = statements_frame(cells).iloc[::-1].reset_index(drop=True)
+    reversed_table.attrs["source"] = "turing/statements_test.csv"
+    backward = dv.canonical_order(dv.collect_statements(reversed_table))
+    assert forward["text"].tolist() == [
+        "Asks back.",
+        "Makes typos.",
+        "Shares plans.",
+        "Uses slang.",
+        "Uses slang.",
+    ]
+    assert forward["statement_id"].tolist() == ["g2:1", "g3:1", "g1:2", "g1:1", "g2:2"]
+    pd.testing.assert_frame_equal(forward, backward)
+    assert forward.attrs["source"] == "turing/statements_test.csv"
+
+
+def test_single_threaded_holds_blas_openmp_and_numba_to_one_thread_then_restores() -> None:
+    import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=2):
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        before_numba = numba.get_num_threads()
+        before_pools = [pool["num_threads"] for pool in threadpool_info()]
+        with dv.single_threaded():
+            assert numba.get_num_threads() == 1
+            assert {pool["num_threads"] for pool in threadpool_info()} == {1}
+        assert numba.get_num_threads() == before_numba
+        assert [pool["num_threads"] for pool in threadpool_info()] == before_pools
+
+
+def test_coverage_by_seed_measures_each_runs_own_questionnaire() -> None:
+    vectors, texts, labels = blobs([15, 12, 10])
+    runs = [clustering_of(labels, seed=0), clustering_of(np.where(labels == 2, 1, labels), 1)]
+    reference = Questionnaire(
+        name="ref", traits=tuple(Trait(id=f"t{i:02d}", text=f"ref {i}") for i in (1, 2, 3))
+    )
+    centres = np.vstack([vectors[labels == topic].mean(axis=0) for topic in range(3)])
+    recipe = dv.DerivationRecipe(coverage_thresholds=[0.9, 0.5])
+    table = dv.coverage_by_seed(runs, vectors, texts, recipe, reference, centres)
+    assert table["seed"].tolist() == [0, 1]
+    assert table["n_traits"].tolist() == [3, 2]
+    assert table["coverage.n_at_0.90"].tolist() == [3, 2]  # topics 1 and 2 share a trait
+    assert (table["coverage.n_at_0.50"] >= table["coverage.n_at_0.90"]).all()
