@@ -1,13 +1,24 @@
-"""Candidate responses for persona prompts: from a local model, an endpoint, or a file.
+"""Sampling from a local policy, and candidate responses for persona prompts.
 
-Every source yields the same table, one row per candidate: ``prompt_id``, ``prompt``,
-``candidate_id``, ``response``, ``model`` (and ``error`` when a generation failed; failed
-candidates stay in the table with an empty response so that pairing records them).
+:func:`complete_chats` is the one local generation path: a batch of chats rendered through the
+model's chat template, left-padded, sampled with temperature, top-p and a repetition penalty,
+each row from its own seeded generator (:class:`SeededRowSampler`), so a row's reply depends on
+its seed and its chat, not on which rows share its batch. The role-play and whole-dialogue
+protocols (:mod:`hal_core.dialogue_generation`) and the candidate functions below all call it.
+:func:`load_policy` loads a base model with an optional PEFT LoRA adapter (a DPO checkpoint);
+:func:`policy_fingerprint` hashes the files that decide what it generates.
+
+Candidate tables, one row per candidate: ``prompt_id``, ``prompt``, ``candidate_id``,
+``response``, ``model`` (and ``error`` when a generation failed; failed candidates stay in the
+table with an empty response so that pairing records them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -29,9 +40,12 @@ class SamplingSettings(BaseModel):
     n_candidates: int = Field(default=4, ge=1, description="Candidates per prompt.")
     max_new_tokens: int = Field(default=1024, ge=1, description="Length limit of a response.")
     temperature: float = Field(default=1.0, ge=0.0, description="0 = greedy.")
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    batch_size: int = Field(default=8, ge=1, description="Prompts per generate call.")
-    seed: int = Field(default=0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(
+        default=1.0, ge=1.0, description="Divides the logits of tokens already in the chat."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Sequences per generate call.")
+    seed: int = Field(default=0, description="Seed of every sampled row (mixed with its ids).")
 
 
 def load_candidates(candidates_path: str | Path, prompts_path: str | Path) -> pd.DataFrame:
@@ -107,61 +121,340 @@ def _candidate_rows(
 
 def render_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
     """Prompts as the model sees them: through its chat template when it has one."""
+    return render_chats(tokenizer, [[{"role": "user", "content": prompt}] for prompt in prompts])
+
+
+def render_chats(tokenizer, chats: Sequence[Sequence[dict]]) -> list[str]:
+    """Chats (lists of ``{"role", "content"}``) as text ending where the assistant speaks next;
+    without a chat template, the contents one per line."""
     if getattr(tokenizer, "chat_template", None):
         return [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            for prompt in prompts
+            tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=False)
+            for chat in chats
         ]
-    return list(prompts)
+    return ["\n".join(message["content"] for message in chat) + "\n" for chat in chats]
+
+
+def row_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (run seed, persona, sample, turn), stable across runs."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _seeded_row_sampler_class():
+    from transformers import LogitsProcessor
+
+    class SeededRowSampler(LogitsProcessor):
+        """Samples each row's next token with that row's own generator.
+
+        Placed last in the processor list of a *greedy* ``generate`` call: it applies
+        temperature and top-p, draws one token per row from the row's ``torch.Generator``, and
+        returns scores whose argmax is that token. transformers' own sampling draws the whole
+        batch from one global generator, which makes a row's text depend on its batch-mates.
+        """
+
+        def __init__(self, generators, temperature: float, top_p: float) -> None:
+            self.generators = generators
+            self.temperature = temperature
+            self.top_p = top_p
+
+        def __call__(self, input_ids, scores):
+            import torch
+
+            if self.temperature == 0:
+                return scores
+            logits = scores / self.temperature
+            if self.top_p < 1.0:
+                ordered, order = torch.sort(logits, descending=True, dim=-1)
+                mass = ordered.softmax(dim=-1).cumsum(dim=-1)
+                # Drop a token when the mass before it already reaches top_p (the first stays).
+                drop_sorted = (mass - ordered.softmax(dim=-1)) >= self.top_p
+                drop = drop_sorted.scatter(-1, order, drop_sorted)
+                logits = logits.masked_fill(drop, float("-inf"))
+            probabilities = logits.softmax(dim=-1)
+            chosen = torch.stack(
+                [
+                    torch.multinomial(row, 1, generator=generator)[0]
+                    for row, generator in zip(probabilities, self.generators, strict=True)
+                ]
+            )
+            picked = torch.full_like(scores, float("-inf"))
+            picked.scatter_(1, chosen[:, None], 0.0)
+            return picked
+
+    return SeededRowSampler
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled reply: its text (special tokens removed), how many tokens it took, and
+    whether it ended on its own (end-of-turn token) rather than at the length limit."""
+
+    text: str
+    new_tokens: int
+    finished: bool
+
+
+_SENTINEL = "\u2063HAL-REPLY\u2063"
+
+
+def continuation_text(tokenizer, user_text: str) -> str:
+    """What follows an assistant reply when the user speaks next and the assistant answers:
+    the end of the reply's turn, the user's turn, and the assistant's header, as the chat
+    template writes them (read off a rendering around a sentinel reply)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n" + user_text + "\n"
+    chat = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": _SENTINEL},
+        {"role": "user", "content": user_text},
+    ]
+    rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    return rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
+
+
+class ChatBatch:
+    """Chats that grow turn by turn, generated as one left-padded batch over one KV cache.
+
+    :meth:`reply` samples one assistant turn per chat; :meth:`add_user_turn` appends the next
+    user line. Earlier turns are never recomputed: the cache holds them, the attention mask
+    hides the padding left of each row's new tokens and after each row's end-of-turn token,
+    and positions count each row's real tokens. The history is what the model generated (up
+    to its end-of-turn token), exactly as it generated it.
+    """
+
+    def __init__(self, model, tokenizer, settings: SamplingSettings) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos])
+        ids.add(tokenizer.eos_token_id)
+        ids.discard(None)
+        self.eos_ids = sorted(ids)
+        self.ids = None
+        self.mask = None
+        self.cache = None
+        self.finished: list[bool] = []
+
+    def _append(self, rows: Sequence[Sequence[int]]) -> None:
+        """Append one segment per row, left-padded to the longest."""
+        import torch
+
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in rows])
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.ids is None:
+            self.ids, self.mask = ids, mask
+        else:
+            self.ids = torch.cat([self.ids, ids], dim=1)
+            self.mask = torch.cat([self.mask, mask], dim=1)
+
+    def start(self, chats: Sequence[Sequence[dict]]) -> None:
+        """The opening of every chat, up to where the assistant speaks first."""
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        rows = [
+            self.tokenizer(text, add_special_tokens=not has_template)["input_ids"]
+            for text in render_chats(self.tokenizer, chats)
+        ]
+        self.ids = self.mask = self.cache = None
+        self.finished = [True] * len(rows)
+        self._append(rows)
+
+    def add_user_turn(self, texts: Sequence[str]) -> None:
+        """Close each row's reply (unless it ended itself) and append the user's next line."""
+        if len(texts) != len(self.finished):
+            raise ValueError(f"{len(texts)} user turns for {len(self.finished)} chats")
+        eos_text = self.tokenizer.eos_token or ""
+        rows = []
+        for text, finished in zip(texts, self.finished, strict=True):
+            segment = continuation_text(self.tokenizer, text)
+            if finished and eos_text and segment.startswith(eos_text):
+                segment = segment[len(eos_text) :]
+            rows.append(self.tokenizer(segment, add_special_tokens=False)["input_ids"])
+        self._append(rows)
+
+    def reply(self, seeds: Sequence[int], max_new_tokens: int | None = None) -> list[Completion]:
+        """One sampled assistant turn per chat, row ``i`` from ``seeds[i]``."""
+        import torch
+        from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+
+        if len(seeds) != self.ids.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {self.ids.shape[0]} chats")
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            repetition_penalty=self.settings.repetition_penalty,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+            return_dict_in_generate=True,
+        )
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        sampler = _seeded_row_sampler_class()(
+            generators, self.settings.temperature, self.settings.top_p
+        )
+        self.model.eval()
+        start = self.ids.shape[1]
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=self.ids,
+                attention_mask=self.mask,
+                cache=self.cache if self.cache is not None else DynamicCache(),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler]),
+            )
+        new = output.sequences[:, start:]
+        completions, masks = [], []
+        for row in new.tolist():
+            end = next((i for i, token in enumerate(row) if token in self.eos_ids), None)
+            kept = row if end is None else row[:end]
+            real = len(row) if end is None else end + 1
+            masks.append([1] * real + [0] * (len(row) - real))
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    new_tokens=len(kept),
+                    finished=end is not None,
+                )
+            )
+        self.ids = output.sequences
+        self.mask = torch.cat([self.mask, torch.tensor(masks, device=self.device)], dim=1)
+        self.cache = output.cache
+        self.finished = [completion.finished for completion in completions]
+        return completions
+
+
+def complete_chats(
+    model,
+    tokenizer,
+    chats: Sequence[Sequence[dict]],
+    seeds: Sequence[int],
+    settings: SamplingSettings,
+    max_new_tokens: int | None = None,
+) -> list[Completion]:
+    """One reply per chat, generated as one left-padded batch, each row sampled from its seed.
+
+    The same chats, seeds, settings and batch give the same replies; a row's reply does not
+    depend on its batch-mates' random draws (only, at float precision, on the padded shape).
+    """
+    if len(chats) != len(seeds):
+        raise ValueError(f"{len(chats)} chats but {len(seeds)} seeds")
+    if not chats:
+        return []
+    batch = ChatBatch(model, tokenizer, settings)
+    batch.start(chats)
+    return batch.reply(seeds, max_new_tokens)
 
 
 def generate_local(
     model, tokenizer, prompts: Sequence[str], settings: SamplingSettings
 ) -> list[list[str]]:
-    """``n_candidates`` sampled responses per prompt from a transformers causal LM, batched."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    rendered = render_prompts(tokenizer, prompts)
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    outputs: list[list[str]] = [[] for _ in prompts]
-    model.eval()
-    torch.manual_seed(settings.seed)
-    device = next(model.parameters()).device
-    for start in range(0, len(rendered), settings.batch_size):
-        batch = rendered[start : start + settings.batch_size]
-        encoded = tokenizer(
-            batch, return_tensors="pt", padding=True, add_special_tokens=not has_template
-        ).to(device)
-        sample = settings.temperature > 0
-        with torch.no_grad():
-            generated = model.generate(
-                **encoded,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=sample,
-                temperature=settings.temperature if sample else None,
-                top_p=settings.top_p if sample else None,
-                num_return_sequences=settings.n_candidates,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for offset, text in enumerate(texts):
-            outputs[start + offset // settings.n_candidates].append(text.strip())
-    return outputs
+    """``n_candidates`` sampled responses per prompt from a transformers causal LM, batched;
+    candidate ``c`` of prompt ``i`` is sampled from seed ``(settings.seed, i, c)``."""
+    jobs = [
+        ([{"role": "user", "content": prompt}], row_seed(settings.seed, index, candidate))
+        for index, prompt in enumerate(prompts)
+        for candidate in range(settings.n_candidates)
+    ]
+    texts: list[str] = []
+    for start in range(0, len(jobs), settings.batch_size):
+        batch = jobs[start : start + settings.batch_size]
+        replies = complete_chats(
+            model, tokenizer, [chat for chat, _ in batch], [seed for _, seed in batch], settings
+        )
+        texts += [reply.text for reply in replies]
+    n = settings.n_candidates
+    return [texts[index * n : (index + 1) * n] for index in range(len(prompts))]
 
 
 def load_causal_lm(name_or_path: str):
     """Model and tokenizer from a local folder or a hub id (offline runs need a local folder)."""
+    return load_policy(name_or_path)
+
+
+def load_policy(base: str, adapter: str | None = None, dtype: str = "float32"):
+    """A causal LM and its tokenizer: ``base`` (folder or hub id), with a PEFT LoRA ``adapter``
+    folder merged into it when given (the adapter's own tokenizer is used when it saved one)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    tokenizer_source = base
+    if adapter is not None:
+        from peft import PeftModel
+
+        folder = Path(adapter)
+        if not (folder / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{folder}: no adapter_config.json (rule: a PEFT adapter)")
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        if (folder / "tokenizer_config.json").is_file():
+            tokenizer_source = str(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    model.eval()
     return model, tokenizer
+
+
+POLICY_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.bin",
+    "tokenizer*.json",
+    "chat_template.jinja",
+    "adapter_config.json",
+    "special_tokens_map.json",
+)
+"""The files of a model or adapter folder that decide what it generates."""
+
+
+def local_model_folder(name_or_path: str) -> Path:
+    """The folder of a local model, or of a hub id in the local hub cache (never downloads)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except (OSError, ValueError) as error:  # not cached / not a valid hub id
+        raise FileNotFoundError(
+            f"{name_or_path}: neither a folder nor a model in the local hub cache ({error})"
+        ) from error
+
+
+def folder_digest(folder: str | Path, file_digest: Callable[[Path], str] | None = None) -> str:
+    """sha256 over the names and contents of a model folder's :data:`POLICY_FILES`.
+
+    ``file_digest`` may serve a file's sha256 from a memo (large weights are hashed once).
+    """
+    from hal_core.tables import file_sha256
+
+    folder = Path(folder)
+    digest_of = file_digest or file_sha256
+    paths = sorted({p for pattern in POLICY_FILES for p in folder.glob(pattern) if p.is_file()})
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no model files ({', '.join(POLICY_FILES)})")
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + digest_of(path).encode())
+    return digest.hexdigest()
+
+
+def policy_fingerprint(
+    base: str, adapter: str | None = None, file_digest: Callable[[Path], str] | None = None
+) -> str:
+    """What generated a dialogue: the base model's files, plus the adapter's when given."""
+    parts = {"base": folder_digest(local_model_folder(base), file_digest)}
+    if adapter is not None:
+        parts["adapter"] = folder_digest(adapter, file_digest)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def generate_candidates_local(

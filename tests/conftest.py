@@ -12,6 +12,7 @@ from hal_core.settings import HalSettings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see flows/__init__.py
 
 
 @pytest.fixture(scope="session")
