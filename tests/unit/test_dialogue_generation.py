@@ -1,0 +1,250 @@
+"""Generation of patient dialogues: seeded batched sampling over a KV cache, cleaning, degeneracy
+flags, the cache, and the generated-dialogues table (on a tiny random Llama)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hal_core.dialogue_generation import (
+    DIALOGUE_COLUMNS,
+    DegenerateRules,
+    GenerationSpec,
+    build_jobs,
+    clean_patient_turn,
+    degenerate_counts,
+    degenerate_reason,
+    dialogue_table,
+    run_generation,
+    whole_dialogue,
+)
+from hal_core.doctor_script import DoctorScript
+from hal_core.generation import ChatBatch, SamplingSettings, complete_chats
+from hal_core.generation_cache import GenerationCache
+from hal_core.personas import PersonaPrompt
+from hal_core.tiny_model import TinyModelSpec, build_model, synthlabs_corpus, train_tokenizer
+
+SPEC = TinyModelSpec(vocab_size=512, corpus_size=40)
+SCRIPT = DoctorScript(
+    version="test-v1",
+    turns=(("Hi {first_name}, what brings you in?", "Hello {first_name}."), ("Since when?",)),
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    corpus = synthlabs_corpus(
+        data_dir / "synthlabs" / "prompts_test.csv",
+        data_dir / "synthlabs" / "candidates_test.csv",
+        limit=SPEC.corpus_size,
+    )
+    return train_tokenizer(corpus, SPEC.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_model(SPEC, tokenizer)
+
+
+@pytest.fixture()
+def early_stopping(model, tokenizer):
+    """A fifth of the 512 tokens end a turn, so rows of a batch stop at different steps."""
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *range(100, 200)]
+    yield
+    model.generation_config.eos_token_id = original
+
+
+def persona(pid: str, name: str = "Ana Lima") -> PersonaPrompt:
+    return PersonaPrompt(
+        persona_id=pid,
+        prompt=f"Write a visit for {name}.",
+        name=name,
+        biography=f"{name} is a 40-year-old baker.",
+        condition="migraine",
+        reason=f"{name.split()[0]} has headaches.",
+    )
+
+
+CHATS = [
+    [{"role": "system", "content": "You are Ana."}, {"role": "user", "content": "Hi Ana!"}],
+    [
+        {"role": "system", "content": "You are Bob, who talks about his knees at length."},
+        {"role": "user", "content": "Hello."},
+    ],
+    [{"role": "system", "content": "You are C."}, {"role": "user", "content": "How long?"}],
+]
+FOLLOW_UPS = [
+    ["When?", "And then?"],
+    ["Tell me more, please.", "Hm."],
+    ["Go on.", "Anything else?"],
+]
+
+
+def converse(model, tokenizer, rows, settings):
+    """Three turns for the chats ``rows`` in one batch: replies per turn."""
+    batch = ChatBatch(model, tokenizer, settings)
+    batch.start([CHATS[i] for i in rows])
+    replies = []
+    for turn in range(3):
+        if turn:
+            batch.add_user_turn([FOLLOW_UPS[i][turn - 1] for i in rows])
+        replies.append(batch.reply([1000 * i + turn for i in rows]))
+    return replies, batch
+
+
+def test_a_rows_replies_do_not_depend_on_its_batch(model, tokenizer, early_stopping):
+    settings = SamplingSettings(
+        temperature=1.0, top_p=0.9, repetition_penalty=1.3, max_new_tokens=12
+    )
+    together, _ = converse(model, tokenizer, [0, 1, 2], settings)
+    # Some turn has rows that stopped at different steps (padding after a row's end).
+    assert any(
+        len({reply.new_tokens for reply in turn}) > 1 and any(r.finished for r in turn)
+        for turn in together
+    )
+    for row in range(3):
+        alone, _ = converse(model, tokenizer, [row], settings)
+        assert [turn[row] for turn in together] == [turn[0] for turn in alone]
+
+
+def test_a_continued_cache_gives_what_a_full_recompute_gives(model, tokenizer, early_stopping):
+    settings = SamplingSettings(temperature=0.0, repetition_penalty=2.0, max_new_tokens=10)
+    _, batch = converse(model, tokenizer, [1], settings)
+    batch.add_user_turn(["One more question?"])
+    context = batch.ids[:, batch.mask[0].bool()]
+    recomputed = model.generate(
+        input_ids=context,
+        attention_mask=torch.ones_like(context),
+        max_new_tokens=10,
+        do_sample=False,
+        repetition_penalty=2.0,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )[0, context.shape[1] :].tolist()
+    (reply,) = batch.reply([0])
+    eos = set(model.generation_config.eos_token_id)
+    end = next((i for i, t in enumerate(recomputed) if t in eos), len(recomputed))
+    assert reply.new_tokens == end
+    assert reply.text == tokenizer.decode(recomputed[:end], skip_special_tokens=True).strip()
+
+
+def test_same_seed_same_reply_other_seed_other_reply(model, tokenizer):
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=16)
+    first = complete_chats(model, tokenizer, CHATS, [1, 2, 3], settings)
+    assert complete_chats(model, tokenizer, CHATS, [1, 2, 3], settings) == first
+    assert complete_chats(model, tokenizer, CHATS, [4, 5, 6], settings) != first
+
+
+@pytest.mark.parametrize(
+    ("reply", "finished", "cleaned", "issues"),
+    [
+        ("P: I have a pain. It is so", False, "I have a pain.", ["truncated"]),
+        ("Ana: Fine, thanks.", True, "Fine, thanks.", []),
+        ("Hi.\nD: And then?\nP: Yes.", True, "Hi.", ["wrong_speaker_tags"]),
+        ("Doctor: How are you?", True, "", ["wrong_speaker_tags"]),
+        ("Sure. **Dr. Smith:** Good.", True, "Sure.", ["wrong_speaker_tags"]),
+        ('"Well, not great."\nPatient: My head hurts.', True, 'Well, not great." My head', None),
+    ],
+)
+def test_patient_turns_lose_tags_and_stop_where_the_doctor_would_speak(
+    reply, finished, cleaned, issues
+):
+    text, found = clean_patient_turn(reply, persona("1"), finished)
+    if issues is None:
+        assert text.startswith(cleaned) and found == []
+    else:
+        assert (text, found) == (cleaned, issues)
+
+
+@pytest.mark.parametrize(
+    ("turns", "issues", "reason"),
+    [
+        (["", "  "], (), "empty"),
+        (["", ""], ("wrong_speaker_tags",), "empty"),
+        (["My head hurts a lot lately."], ("wrong_speaker_tags",), "wrong_speaker_tags"),
+        (["My head hurts, doctor.", "My head hurts, doctor!"], (), "repeated_lines"),
+        (["I am so tired today. I am so tired today. I am so tired today."], (), "repeated_lines"),
+        ([" ".join(["I think that"] * 8)], (), "repeated_lines"),
+        (["Yes.", "No.", "Maybe."], (), "too_short"),
+        (["My head has hurt for two weeks now.", ""], (), "too_short"),
+        (["My head has hurt for weeks.", "Since my new job started."], ("truncated",), ""),
+    ],
+)  # fmt: skip
+def test_degenerate_dialogues_are_flagged_with_their_reason(turns, issues, reason):
+    assert degenerate_reason(turns, issues) == reason
+
+
+def test_degenerate_thresholds_are_settings():
+    loop = ["I am so tired today. I am so tired today. I am so tired today."]
+    assert degenerate_reason(loop, rules=DegenerateRules(max_sentence_repeats=3)) == ""
+    assert degenerate_reason(["Yes, it hurts."], rules=DegenerateRules(min_patient_words=3)) == ""
+
+
+def test_whole_dialogues_become_p_and_d_lines_or_are_flagged():
+    item = whole_dialogue("Sure! Here it is.\nPatient: Hi.\nDoctor: Hello.\n**P:** My knee.\n")
+    assert item.dialogue == "P: Hi.\nD: Hello.\nP: My knee."
+    assert item.patient_turns == ("Hi.", "My knee.")
+    only_doctor = whole_dialogue("D: Hello.\nD: Anyone?")
+    assert only_doctor.issues == ("wrong_speaker_tags",)
+    assert degenerate_reason(only_doctor.patient_turns, only_doctor.issues) == "empty"
+    assert whole_dialogue("").issues == ()
+
+
+def test_a_cached_run_generates_nothing_again_and_tables_follow_the_contract(
+    model, tokenizer, tmp_path
+):
+    spec = GenerationSpec(
+        n_turns=2,
+        sampling=SamplingSettings(n_candidates=2, max_new_tokens=6, batch_size=3, seed=5),
+    )
+    personas = [persona("11"), persona("12", "Bo Chen")]
+    jobs = build_jobs(personas, spec, "policy-a", SCRIPT)
+    assert len({job.key for job in jobs}) == 4
+    with GenerationCache(tmp_path / "g.sqlite") as cache:
+        first, stats = run_generation(model, tokenizer, jobs, spec, cache, "policy-a", SCRIPT)
+        assert (stats.generated, stats.cached, stats.dialogues) == (4, 0, 4)
+        again, stats = run_generation(None, None, jobs, spec, cache, "policy-a", SCRIPT)
+        assert (stats.generated, stats.cached) == (0, 4)
+        assert [d.dialogue for d in again] == [d.dialogue for d in first]
+        assert all(d.writes == 1 and d.cached for d in again)
+    table = dialogue_table(jobs, again, spec, "hal-tiny-llama", "base", 0, SCRIPT)
+    assert tuple(table.columns) == DIALOGUE_COLUMNS
+    assert table["dialogue_id"].tolist() == [
+        "11-base-s5-0",
+        "11-base-s5-1",
+        "12-base-s5-0",
+        "12-base-s5-1",
+    ]
+    assert (table["prompt_id"] == table["persona_id"]).all()
+    assert (table["doctor_script"] == SCRIPT.fingerprint).all()
+    for text in table["dialogue"]:
+        tags = [line[:2] for line in text.split("\n")]
+        assert tags == ["D:", "P:", "D:", "P:"]
+    assert set(degenerate_counts(table)) == {
+        "empty",
+        "wrong_speaker_tags",
+        "repeated_lines",
+        "too_short",
+    }
+    # A different seed, policy or doctor script is a different dialogue; the batch size is not.
+    keys = {job.key for job in jobs}
+    reseeded = spec.model_copy(update={"sampling": spec.sampling.model_copy(update={"seed": 6})})
+    rebatched = spec.model_copy(
+        update={"sampling": spec.sampling.model_copy(update={"batch_size": 1})}
+    )
+    script_v2 = SCRIPT.model_copy(update={"version": "v2"})
+    assert not {job.key for job in build_jobs(personas, reseeded, "policy-a", SCRIPT)} & keys
+    assert not {job.key for job in build_jobs(personas, spec, "policy-b", SCRIPT)} & keys
+    assert not {job.key for job in build_jobs(personas, spec, "policy-a", script_v2)} & keys
+    assert {job.key for job in build_jobs(personas, rebatched, "policy-a", SCRIPT)} == keys
+
+
+def test_file_digests_are_memoised_by_path_size_and_time(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"abc")
+    with GenerationCache(tmp_path / "g.sqlite") as cache:
+        first = cache.file_digest(weights)
+        assert cache.file_digest(weights) == first
+        weights.write_bytes(b"abcd")
+        assert cache.file_digest(weights) != first
