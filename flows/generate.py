@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,9 +111,13 @@ class GenerateParams(BaseModel):
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature; 0=greedy.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     repetition_penalty: float = Field(
-        default=1.1, ge=1.0, description="Penalty on tokens already in the chat (1 = none)."
+        default=1.1, ge=1.0, description="Penalty on tokens the turn already holds (1 = none)."
     )
     batch_size: int = Field(default=32, ge=1, description="Dialogues generated together.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32",
+        description="Precision of the policy: float32 on CPU; bfloat16 on a GPU at paper scale.",
+    )
     seed: int = Field(default=0, description="Run seed; each dialogue mixes in its ids.")
     card: CardSettings = Field(
         default_factory=CardSettings, description="How much of the persona the card keeps."
@@ -144,6 +149,7 @@ class GenerateParams(BaseModel):
                 seed=self.seed,
             ),
             card=self.card,
+            dtype=self.dtype,
         )
 
 
@@ -182,7 +188,15 @@ def checkpoint_tag(params: GenerateParams) -> tuple[str, int]:
 def default_output(params: GenerateParams, checkpoint: str, fingerprint: str, home: Path) -> Path:
     spec = params.spec()
     key = hashlib.sha256(
-        json.dumps([fingerprint, spec.cache_settings(), params.doctor_script]).encode()
+        json.dumps(
+            [
+                fingerprint,
+                spec.cache_settings(),
+                params.doctor_script,
+                params.samples_per_persona,
+                params.persona_ids,
+            ]
+        ).encode()
     ).hexdigest()[:8]
     local = Path(params.policy)
     name = local.stem if local.exists() else params.policy.replace("/", "--")

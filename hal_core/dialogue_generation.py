@@ -226,6 +226,9 @@ class GenerationSpec(BaseModel):
         "(roleplay) or per dialogue (whole); seed = the run seed each dialogue's seed mixes in.",
     )
     card: CardSettings = Field(default_factory=CardSettings, description="Persona card size.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Precision the policy runs in (float32 on CPU)."
+    )
 
     @property
     def samples_per_persona(self) -> int:
@@ -239,7 +242,7 @@ class GenerationSpec(BaseModel):
         """The settings that decide a dialogue's text (batch size, count and seed excluded:
         the seed and sample index key each dialogue on their own)."""
         sampling = self.sampling.model_dump(exclude={"batch_size", "n_candidates", "seed"})
-        payload = {"sampling": sampling, "protocol": self.protocol}
+        payload = {"sampling": sampling, "protocol": self.protocol, "dtype": self.dtype}
         if self.protocol == "roleplay":
             payload |= {"n_turns": self.n_turns, "card": self.card.model_dump()}
         return payload
@@ -415,8 +418,8 @@ def run_generation(
 ) -> tuple[list[GeneratedDialogue], GenerationStats]:
     """Every job's dialogue, from the cache or generated in batches and committed one by one.
 
-    ``model`` and ``tokenizer`` may be ``None`` when every job is cached (nothing is loaded);
-    otherwise pass a loader-free pair. Returns dialogues in job order and the run's stats.
+    ``model`` and ``tokenizer`` may be ``None`` when every job is cached. Returns the dialogues
+    in job order and the run's stats.
     """
     stored = cache.get_many(job.key for job in jobs)
     pending = [job for job in jobs if job.key not in stored]

@@ -42,7 +42,10 @@ class SamplingSettings(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     repetition_penalty: float = Field(
-        default=1.0, ge=1.0, description="Divides the logits of tokens already in the chat."
+        default=1.0,
+        ge=1.0,
+        description="Divides the positive logits (multiplies the negative ones) of tokens the "
+        "reply being written already holds (1 = none).",
     )
     batch_size: int = Field(default=8, ge=1, description="Sequences per generate call.")
     seed: int = Field(default=0, description="Seed of every sampled row (mixed with its ids).")
@@ -147,20 +150,53 @@ def _seeded_row_sampler_class():
     class SeededRowSampler(LogitsProcessor):
         """Samples each row's next token with that row's own generator.
 
-        Placed last in the processor list of a *greedy* ``generate`` call: it applies
-        temperature and top-p, draws one token per row from the row's ``torch.Generator``, and
-        returns scores whose argmax is that token. transformers' own sampling draws the whole
-        batch from one global generator, which makes a row's text depend on its batch-mates.
+        Placed last in the processor list of a *greedy* ``generate`` call: it applies the
+        repetition penalty, temperature and top-p, draws one token per row from the row's
+        ``torch.Generator``, and returns scores whose argmax is that token. transformers' own
+        sampling draws the whole batch from one global generator, which makes a row's text
+        depend on its batch-mates.
+
+        The repetition penalty only weighs the tokens of the reply being written (positions
+        from ``start`` on, special tokens excluded). transformers' penalty weighs the whole
+        context: with a persona card and a chat template in it, that penalises the end-of-turn
+        token (so replies ramble to the length limit) and every common word of the card.
         """
 
-        def __init__(self, generators, temperature: float, top_p: float) -> None:
-            self.generators = generators
+        def __init__(
+            self,
+            seeds,
+            temperature: float,
+            top_p: float,
+            repetition_penalty: float = 1.0,
+            start: int = 0,
+            ignore_ids: Sequence[int] = (),
+        ) -> None:
+            self.seeds = list(seeds)
+            self.generators = None
             self.temperature = temperature
             self.top_p = top_p
+            self.repetition_penalty = repetition_penalty
+            self.start = start
+            self.ignore_ids = list(ignore_ids)
+
+        def _penalised(self, input_ids, scores):
+            import torch
+
+            written = input_ids[:, self.start :]
+            if self.repetition_penalty == 1.0 or written.shape[1] == 0:
+                return scores
+            seen = torch.zeros_like(scores, dtype=torch.bool)
+            seen.scatter_(1, written, True)
+            if self.ignore_ids:
+                seen[:, self.ignore_ids] = False
+            penalty = self.repetition_penalty
+            penalised = torch.where(scores > 0, scores / penalty, scores * penalty)
+            return torch.where(seen, penalised, scores)
 
         def __call__(self, input_ids, scores):
             import torch
 
+            scores = self._penalised(input_ids, scores)
             if self.temperature == 0:
                 return scores
             logits = scores / self.temperature
@@ -172,6 +208,10 @@ def _seeded_row_sampler_class():
                 drop = drop_sorted.scatter(-1, order, drop_sorted)
                 logits = logits.masked_fill(drop, float("-inf"))
             probabilities = logits.softmax(dim=-1)
+            if self.generators is None:  # on the device the scores live on
+                self.generators = [
+                    torch.Generator(device=scores.device).manual_seed(seed) for seed in self.seeds
+                ]
             chosen = torch.stack(
                 [
                     torch.multinomial(row, 1, generator=generator)[0]
@@ -290,18 +330,21 @@ class ChatBatch:
         config = GenerationConfig(
             do_sample=False,
             max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-            repetition_penalty=self.settings.repetition_penalty,
             eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
             return_dict_in_generate=True,
         )
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        start = self.ids.shape[1]
         sampler = _seeded_row_sampler_class()(
-            generators, self.settings.temperature, self.settings.top_p
+            seeds,
+            self.settings.temperature,
+            self.settings.top_p,
+            self.settings.repetition_penalty,
+            start,
+            sorted(set(self.tokenizer.all_special_ids) | set(self.eos_ids)),
         )
         self.model.eval()
-        start = self.ids.shape[1]
         with torch.no_grad():
             output = self.model.generate(
                 input_ids=self.ids,
@@ -379,12 +422,16 @@ def load_causal_lm(name_or_path: str):
     return load_policy(name_or_path)
 
 
-def load_policy(base: str, adapter: str | None = None, dtype: str = "float32"):
+def load_policy(
+    base: str, adapter: str | None = None, dtype: str = "float32", device: str | None = None
+):
     """A causal LM and its tokenizer: ``base`` (folder or hub id), with a PEFT LoRA ``adapter``
-    folder merged into it when given (the adapter's own tokenizer is used when it saved one)."""
+    folder merged into it when given (the adapter's own tokenizer is used when it saved one),
+    in ``dtype`` on ``device`` (default: the GPU when there is one)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     tokenizer_source = base
     if adapter is not None:
@@ -397,7 +444,7 @@ def load_policy(base: str, adapter: str | None = None, dtype: str = "float32"):
         if (folder / "tokenizer_config.json").is_file():
             tokenizer_source = str(folder)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    model.eval()
+    model.to(device).eval()
     return model, tokenizer
 
 

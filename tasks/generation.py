@@ -90,7 +90,7 @@ def generate_dialogues(
         model = tokenizer = None
         if missing:
             logger.info("loading %s%s", model_path, f" + {adapter}" if adapter else "")
-            model, tokenizer = load_policy(model_path, adapter)
+            model, tokenizer = load_policy(model_path, adapter, spec.dtype)
         with progress_bar(progress, desc="generating") as on_progress:
             dialogues, stats = run_generation(
                 model, tokenizer, jobs, spec, cache, fingerprint, script, on_progress

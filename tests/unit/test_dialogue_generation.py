@@ -19,7 +19,12 @@ from hal_core.dialogue_generation import (
     whole_dialogue,
 )
 from hal_core.doctor_script import DoctorScript
-from hal_core.generation import ChatBatch, SamplingSettings, complete_chats
+from hal_core.generation import (
+    ChatBatch,
+    SamplingSettings,
+    _seeded_row_sampler_class,
+    complete_chats,
+)
 from hal_core.generation_cache import GenerationCache
 from hal_core.personas import PersonaPrompt
 from hal_core.tiny_model import TinyModelSpec, build_model, synthlabs_corpus, train_tokenizer
@@ -113,12 +118,14 @@ def test_a_continued_cache_gives_what_a_full_recompute_gives(model, tokenizer, e
     _, batch = converse(model, tokenizer, [1], settings)
     batch.add_user_turn(["One more question?"])
     context = batch.ids[:, batch.mask[0].bool()]
+    special = set(tokenizer.all_special_ids) | set(model.generation_config.eos_token_id)
+    penalty = _seeded_row_sampler_class()([0], 0.0, 1.0, 2.0, context.shape[1], sorted(special))
     recomputed = model.generate(
         input_ids=context,
         attention_mask=torch.ones_like(context),
         max_new_tokens=10,
         do_sample=False,
-        repetition_penalty=2.0,
+        logits_processor=[penalty],
         eos_token_id=model.generation_config.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )[0, context.shape[1] :].tolist()
@@ -127,6 +134,18 @@ def test_a_continued_cache_gives_what_a_full_recompute_gives(model, tokenizer, e
     end = next((i for i, t in enumerate(recomputed) if t in eos), len(recomputed))
     assert reply.new_tokens == end
     assert reply.text == tokenizer.decode(recomputed[:end], skip_special_tokens=True).strip()
+
+
+def test_the_repetition_penalty_weighs_only_the_reply_being_written():
+    sampler = _seeded_row_sampler_class()([0], 0.0, 1.0, 2.0, start=3, ignore_ids=[9])
+    context = torch.tensor([[1, 2, 9, 4, 9, 4]])  # 1, 2, 9: the prompt; 4, 9, 4: the reply
+    scores = torch.tensor([[1.0, 2.0, 2.0, 0.0, 4.0, -1.0, 0.0, 0.0, 0.0, 3.0]])
+    penalised = sampler(context, scores.clone())
+    assert penalised[0, 4] == 2.0  # said in this reply: halved
+    assert penalised[0, 9] == 3.0  # a special token (end of turn): never penalised
+    assert penalised[0, 1] == 2.0 and penalised[0, 2] == 2.0  # only in the prompt
+    negative = sampler(torch.tensor([[1, 2, 9, 5]]), scores.clone())
+    assert negative[0, 5] == -2.0
 
 
 def test_same_seed_same_reply_other_seed_other_reply(model, tokenizer):
