@@ -127,12 +127,19 @@ def render_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
     return render_chats(tokenizer, [[{"role": "user", "content": prompt}] for prompt in prompts])
 
 
+TEMPLATE_VARIABLES = {"date_string": "01 Jan 2025"}
+"""Fixed values for chat templates that would otherwise read the clock (Llama 3 writes today's
+date into every system prompt), so the same chat renders the same text on any day."""
+
+
 def render_chats(tokenizer, chats: Sequence[Sequence[dict]]) -> list[str]:
     """Chats (lists of ``{"role", "content"}``) as text ending where the assistant speaks next;
     without a chat template, the contents one per line."""
     if getattr(tokenizer, "chat_template", None):
         return [
-            tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=False)
+            tokenizer.apply_chat_template(
+                list(chat), add_generation_prompt=True, tokenize=False, **TEMPLATE_VARIABLES
+            )
             for chat in chats
         ]
     return ["\n".join(message["content"] for message in chat) + "\n" for chat in chats]
@@ -142,6 +149,10 @@ def row_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (run seed, persona, sample, turn), stable across runs."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+TOP_K = 256
+"""Tokens the nucleus is first looked for among (see ``SeededRowSampler._nucleus``)."""
 
 
 def _seeded_row_sampler_class():
@@ -185,13 +196,40 @@ def _seeded_row_sampler_class():
             written = input_ids[:, self.start :]
             if self.repetition_penalty == 1.0 or written.shape[1] == 0:
                 return scores
-            seen = torch.zeros_like(scores, dtype=torch.bool)
-            seen.scatter_(1, written, True)
-            if self.ignore_ids:
-                seen[:, self.ignore_ids] = False
+            values = scores.gather(1, written)
             penalty = self.repetition_penalty
-            penalised = torch.where(scores > 0, scores / penalty, scores * penalty)
-            return torch.where(seen, penalised, scores)
+            penalised = torch.where(values > 0, values / penalty, values * penalty)
+            if self.ignore_ids:
+                ignored = torch.isin(written, torch.tensor(self.ignore_ids, device=written.device))
+                penalised = torch.where(ignored, values, penalised)
+            # A token written twice gets the same value twice: scatter stays exact.
+            return scores.scatter(1, written, penalised)
+
+        def _nucleus(self, logits):
+            """Per row: candidate token ids and their probabilities, top-p applied exactly.
+
+            The nucleus is looked for among the TOP_K most likely tokens (a partial sort);
+            a row whose TOP_K tokens hold less than top_p of the mass falls back to all."""
+            import torch
+
+            normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+            k = min(TOP_K, logits.shape[-1])
+            values, ids = torch.topk(logits, k, dim=-1)
+            probabilities = (values - normaliser).exp()
+            rows = []
+            for row in range(logits.shape[0]):
+                row_ids, row_p = ids[row], probabilities[row]
+                if self.top_p >= 1.0 or row_p.sum() < self.top_p:
+                    row_p, row_ids = torch.sort(
+                        (logits[row] - normaliser[row]).exp(), descending=True
+                    )
+                    if self.top_p >= 1.0:
+                        rows.append((row_ids, row_p))
+                        continue
+                # Keep a token while the mass before it is below top_p (the first stays).
+                keep = (row_p.cumsum(0) - row_p) < self.top_p
+                rows.append((row_ids[keep], row_p[keep]))
+            return rows
 
         def __call__(self, input_ids, scores):
             import torch
@@ -199,27 +237,18 @@ def _seeded_row_sampler_class():
             scores = self._penalised(input_ids, scores)
             if self.temperature == 0:
                 return scores
-            logits = scores / self.temperature
-            if self.top_p < 1.0:
-                ordered, order = torch.sort(logits, descending=True, dim=-1)
-                mass = ordered.softmax(dim=-1).cumsum(dim=-1)
-                # Drop a token when the mass before it already reaches top_p (the first stays).
-                drop_sorted = (mass - ordered.softmax(dim=-1)) >= self.top_p
-                drop = drop_sorted.scatter(-1, order, drop_sorted)
-                logits = logits.masked_fill(drop, float("-inf"))
-            probabilities = logits.softmax(dim=-1)
             if self.generators is None:  # on the device the scores live on
                 self.generators = [
                     torch.Generator(device=scores.device).manual_seed(seed) for seed in self.seeds
                 ]
-            chosen = torch.stack(
-                [
-                    torch.multinomial(row, 1, generator=generator)[0]
-                    for row, generator in zip(probabilities, self.generators, strict=True)
-                ]
-            )
+            chosen = []
+            for (ids, probabilities), generator in zip(
+                self._nucleus(scores / self.temperature), self.generators, strict=True
+            ):
+                pick = torch.multinomial(probabilities, 1, generator=generator)
+                chosen.append(ids[pick])
             picked = torch.full_like(scores, float("-inf"))
-            picked.scatter_(1, chosen[:, None], 0.0)
+            picked.scatter_(1, torch.stack(chosen), 0.0)
             return picked
 
     return SeededRowSampler
@@ -250,7 +279,9 @@ def continuation_text(tokenizer, user_text: str) -> str:
         {"role": "assistant", "content": _SENTINEL},
         {"role": "user", "content": user_text},
     ]
-    rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False, **TEMPLATE_VARIABLES
+    )
     return rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
 
 
@@ -280,6 +311,7 @@ class ChatBatch:
         self.mask = None
         self.cache = None
         self.finished: list[bool] = []
+        self.ended_with: list[int | None] = []
 
     def _append(self, rows: Sequence[Sequence[int]]) -> None:
         """Append one segment per row, left-padded to the longest."""
@@ -305,6 +337,7 @@ class ChatBatch:
         ]
         self.ids = self.mask = self.cache = None
         self.finished = [True] * len(rows)
+        self.ended_with = [None] * len(rows)
         self._append(rows)
 
     def add_user_turn(self, texts: Sequence[str]) -> None:
@@ -313,9 +346,11 @@ class ChatBatch:
             raise ValueError(f"{len(texts)} user turns for {len(self.finished)} chats")
         eos_text = self.tokenizer.eos_token or ""
         rows = []
-        for text, finished in zip(texts, self.finished, strict=True):
+        eos_id = self.tokenizer.convert_tokens_to_ids(eos_text) if eos_text else None
+        for text, ended in zip(texts, self.ended_with, strict=True):
             segment = continuation_text(self.tokenizer, text)
-            if finished and eos_text and segment.startswith(eos_text):
+            if ended is not None and ended == eos_id and segment.startswith(eos_text):
+                # The reply's own end-of-turn token is already in the sequence.
                 segment = segment[len(eos_text) :]
             rows.append(self.tokenizer(segment, add_special_tokens=False)["input_ids"])
         self._append(rows)
@@ -354,9 +389,10 @@ class ChatBatch:
                 logits_processor=LogitsProcessorList([sampler]),
             )
         new = output.sequences[:, start:]
-        completions, masks = [], []
+        completions, masks, ended_with = [], [], []
         for row in new.tolist():
             end = next((i for i, token in enumerate(row) if token in self.eos_ids), None)
+            ended_with.append(None if end is None else row[end])
             kept = row if end is None else row[:end]
             real = len(row) if end is None else end + 1
             masks.append([1] * real + [0] * (len(row) - real))
@@ -371,6 +407,7 @@ class ChatBatch:
         self.mask = torch.cat([self.mask, torch.tensor(masks, device=self.device)], dim=1)
         self.cache = output.cache
         self.finished = [completion.finished for completion in completions]
+        self.ended_with = ended_with
         return completions
 
 
