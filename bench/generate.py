@@ -8,6 +8,7 @@ for the largest batch.
     .venv/bin/python bench/generate.py                                  # batches 1, 8, 32
     .venv/bin/python bench/generate.py --batch-sizes 1 16 64 --turns 3 --max-new-tokens 32
     .venv/bin/python bench/generate.py --rerender-baseline --examples 3
+    .venv/bin/python bench/generate.py --batch-sizes 32 --samples 4    # the demo's train set
 
 The machine's load average is printed: other processes on two cores slow every figure. Set
 OMP_WAIT_POLICY=PASSIVE (flows/ does) on a shared machine: spinning OpenMP threads made
@@ -80,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--dialogues", type=int, default=None, help="Per batch size (>= batch).")
+    parser.add_argument("--samples", type=int, default=1, help="Dialogues per persona.")
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -112,18 +114,18 @@ def main() -> int:
     results, largest = {}, None
     for batch_size in args.batch_sizes:
         count = max(args.dialogues or batch_size, batch_size)
-        personas = load_persona_prompts(prompts, limit=count)
+        personas = load_persona_prompts(prompts, limit=-(-count // args.samples))
         spec = GenerationSpec(
             n_turns=args.turns,
             sampling=SamplingSettings(
-                n_candidates=1,
+                n_candidates=args.samples,
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
                 repetition_penalty=args.repetition_penalty,
                 batch_size=batch_size,
             ),
         )
-        jobs = build_jobs(personas, spec, "bench", script)
+        jobs = build_jobs(personas, spec, "bench", script)[:count]
 
         def cached_run(jobs=jobs, spec=spec, batch_size=batch_size):
             out = []

@@ -285,6 +285,55 @@ def continuation_text(tokenizer, user_text: str) -> str:
     return rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
 
 
+def _opening_key(chat: Sequence[dict]) -> str:
+    """Chats with the same key share their common opening tokens: all messages but the last
+    (the card), or the whole chat when it has one message (several samples of one prompt)."""
+    shared = list(chat[:-1]) or list(chat)
+    return json.dumps(shared, sort_keys=True)
+
+
+MIN_SHARED_TOKENS = 16
+"""Shorter common openings are not worth a separate encoding pass."""
+
+
+def shared_prefixes(
+    rows: Sequence[Sequence[int]], keys: Sequence[str]
+) -> tuple[list[list[int]], list[int]]:
+    """The distinct openings to encode once and, per row, which one it starts with.
+
+    Rows with the same key share their longest common token prefix (each keeps at least one
+    token of its own, so the model has something to read at generation time). Without any
+    group of two or more rows sharing MIN_SHARED_TOKENS tokens, every row is its own prefix.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    prefixes: list[list[int]] = []
+    owners = [0] * len(rows)
+    shared_any = False
+    for members in groups.values():
+        first = list(rows[members[0]])
+        length = min(len(rows[i]) for i in members) - 1
+        for i in members[1:]:
+            row = rows[i]
+            common = 0
+            while common < length and row[common] == first[common]:
+                common += 1
+            length = common
+        if len(members) > 1 and length >= MIN_SHARED_TOKENS:
+            shared_any = True
+            prefixes.append(first[:length])
+            for i in members:
+                owners[i] = len(prefixes) - 1
+        else:
+            for i in members:
+                prefixes.append(list(rows[i][:-1]))
+                owners[i] = len(prefixes) - 1
+    if not shared_any:
+        return [list(row) for row in rows], list(range(len(rows)))
+    return prefixes, owners
+
+
 class ChatBatch:
     """Chats that grow turn by turn, generated as one left-padded batch over one KV cache.
 
@@ -329,7 +378,12 @@ class ChatBatch:
             self.mask = torch.cat([self.mask, mask], dim=1)
 
     def start(self, chats: Sequence[Sequence[dict]]) -> None:
-        """The opening of every chat, up to where the assistant speaks first."""
+        """The opening of every chat, up to where the assistant speaks first.
+
+        Chats that open with the same messages (a persona card, or the same prompt for
+        several samples) share the tokens they have in common: those are encoded once and
+        their cache entries copied to each row.
+        """
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         rows = [
             self.tokenizer(text, add_special_tokens=not has_template)["input_ids"]
@@ -338,7 +392,36 @@ class ChatBatch:
         self.ids = self.mask = self.cache = None
         self.finished = [True] * len(rows)
         self.ended_with = [None] * len(rows)
-        self._append(rows)
+        prefixes, owners = shared_prefixes(rows, [_opening_key(chat) for chat in chats])
+        if len(prefixes) == len(rows):
+            self._append(rows)
+            return
+        import torch
+
+        self._append(prefixes)
+        self._encode()
+        index = torch.tensor(owners, device=self.device)
+        self.ids, self.mask = self.ids[index], self.mask[index]
+        self.cache.batch_select_indices(index)
+        self._append([row[len(prefixes[owner]) :] for row, owner in zip(rows, owners, strict=True)])
+
+    def _encode(self) -> None:
+        """Fill the cache with every token so far (positions count each row's real tokens)."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            self.model(
+                input_ids=self.ids,
+                attention_mask=self.mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.cache = cache
 
     def add_user_turn(self, texts: Sequence[str]) -> None:
         """Close each row's reply (unless it ended itself) and append the user's next line."""

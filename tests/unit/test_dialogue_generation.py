@@ -24,6 +24,7 @@ from hal_core.generation import (
     SamplingSettings,
     _seeded_row_sampler_class,
     complete_chats,
+    shared_prefixes,
 )
 from hal_core.generation_cache import GenerationCache
 from hal_core.personas import PersonaPrompt
@@ -78,11 +79,16 @@ CHATS = [
         {"role": "user", "content": "Hello."},
     ],
     [{"role": "system", "content": "You are C."}, {"role": "user", "content": "How long?"}],
+    [  # Bob again, asked something else: the card's tokens are encoded once for both
+        {"role": "system", "content": "You are Bob, who talks about his knees at length."},
+        {"role": "user", "content": "Good morning, what brings you in?"},
+    ],
 ]
 FOLLOW_UPS = [
     ["When?", "And then?"],
     ["Tell me more, please.", "Hm."],
     ["Go on.", "Anything else?"],
+    ["I see.", "Since when?"],
 ]
 
 
@@ -102,15 +108,27 @@ def test_a_rows_replies_do_not_depend_on_its_batch(model, tokenizer, early_stopp
     settings = SamplingSettings(
         temperature=1.0, top_p=0.9, repetition_penalty=1.3, max_new_tokens=12
     )
-    together, _ = converse(model, tokenizer, [0, 1, 2], settings)
+    rows = [0, 1, 2, 3]
+    together, _ = converse(model, tokenizer, rows, settings)
     # Some turn has rows that stopped at different steps (padding after a row's end).
     assert any(
         len({reply.new_tokens for reply in turn}) > 1 and any(r.finished for r in turn)
         for turn in together
     )
-    for row in range(3):
+    for position, row in enumerate(rows):
         alone, _ = converse(model, tokenizer, [row], settings)
-        assert [turn[row] for turn in together] == [turn[0] for turn in alone]
+        assert [turn[position] for turn in together] == [turn[0] for turn in alone]
+
+
+def test_chats_that_open_alike_share_their_common_tokens():
+    rows = [[1, 2, 3, 4, 5], [1, 2, 3, 9], [7, 8], [1, 2, 3, 4, 5]]
+    keys = ["card", "card", "other", "card"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("hal_core.generation.MIN_SHARED_TOKENS", 2)
+        prefixes, owners = shared_prefixes(rows, keys)
+    assert prefixes == [[1, 2, 3], [7]] and owners == [0, 0, 1, 0]
+    # Too little in common: every row is encoded on its own.
+    assert shared_prefixes(rows, keys) == (rows, [0, 1, 2, 3])
 
 
 def test_a_continued_cache_gives_what_a_full_recompute_gives(model, tokenizer, early_stopping):
@@ -150,9 +168,9 @@ def test_the_repetition_penalty_weighs_only_the_reply_being_written():
 
 def test_same_seed_same_reply_other_seed_other_reply(model, tokenizer):
     settings = SamplingSettings(temperature=1.0, max_new_tokens=16)
-    first = complete_chats(model, tokenizer, CHATS, [1, 2, 3], settings)
-    assert complete_chats(model, tokenizer, CHATS, [1, 2, 3], settings) == first
-    assert complete_chats(model, tokenizer, CHATS, [4, 5, 6], settings) != first
+    first = complete_chats(model, tokenizer, CHATS, [1, 2, 3, 4], settings)
+    assert complete_chats(model, tokenizer, CHATS, [1, 2, 3, 4], settings) == first
+    assert complete_chats(model, tokenizer, CHATS, [5, 6, 7, 8], settings) != first
 
 
 @pytest.mark.parametrize(
