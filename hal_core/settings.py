@@ -118,6 +118,10 @@ PROCESS_DEFAULTS = {
     "GX_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (no network; SQLite contention)
     "DO_NOT_TRACK": "1",
+    # OpenMP threads that sleep while they wait: on a shared 2-core machine a spinning torch
+    # thread starves its partner (generation measured 10x slower). libgomp reads it when torch
+    # is first imported, so a process sets it before that (the CLI, workers, images).
+    "OMP_WAIT_POLICY": "PASSIVE",
     # A local ephemeral Prefect API on a busy 2-core machine can start slower than the default.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }

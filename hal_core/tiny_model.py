@@ -4,8 +4,8 @@ The tiny model is random-initialised from a :class:`~transformers.LlamaConfig` w
 and its byte-level BPE tokenizer is trained with ``tokenizers`` on our own dialogues (persona
 prompts and candidate conversations), so nothing is downloaded. It carries a chat template, so
 the training script treats it exactly like ``meta-llama/Llama-3.2-1B-Instruct``:
-:func:`resolve_policy_model` turns :data:`TINY_MODEL_NAME` into a saved folder and passes every
-other name (a hub id or a local folder) through unchanged.
+:func:`hal_core.policy_model.resolve_policy_model` turns :data:`TINY_MODEL_NAME` into the folder
+:func:`tiny_model_folder` builds.
 """
 
 from __future__ import annotations
@@ -162,26 +162,21 @@ def count(model) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def resolve_policy_model(
-    name_or_path: str,
+def tiny_model_folder(
     models_dir: str | Path,
     corpus: Sequence[str] | None = None,
     spec: TinyModelSpec | None = None,
-) -> str:
-    """What the training script should load: the tiny model's folder (built once) or the name.
-
-    Hub ids and local folders pass through unchanged; :data:`TINY_MODEL_NAME` is built into
-    ``models_dir/<name>-<spec fingerprint>`` from ``corpus`` the first time it is asked for.
-    """
-    if name_or_path != TINY_MODEL_NAME:
-        return name_or_path
+) -> Path:
+    """The tiny model's folder ``models_dir/<name>-<spec fingerprint>``, built from ``corpus``
+    the first time it is asked for (policy references go through
+    :func:`hal_core.policy_model.resolve_policy_model`)."""
     spec = spec or TinyModelSpec()
     folder = Path(models_dir) / f"{TINY_MODEL_NAME}-{spec.fingerprint}"
     if (folder / "hal_tiny_model.json").is_file():
-        return str(folder)
+        return folder
     if not corpus:
         raise ValueError(
             f"{TINY_MODEL_NAME} is not built yet at {folder} and no corpus was given to train "
             "its tokenizer on"
         )
-    return str(save_tiny_model(folder, corpus, spec))
+    return save_tiny_model(folder, corpus, spec)

@@ -32,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core import preferences
 from hal_core.generation import load_candidates
+from hal_core.policy_model import resolve_policy_model
 from hal_core.preferences import PairingConfig, PreferencePairs
 from hal_core.settings import PROJECT_ROOT, HalSettings
 from hal_core.tables import ROW_COLUMN, read_table
-from hal_core.tiny_model import TINY_MODEL_NAME, resolve_policy_model, synthlabs_corpus
+from hal_core.tiny_model import TINY_MODEL_NAME, synthlabs_corpus
 from hal_core.training import PARENT_RUN_ENV, TRAIN_SCRIPT, complete_checkpoints, recorded_run_id
 from tasks import tracking
 
@@ -269,7 +270,7 @@ def log_preference_pairs(run_id: str, artifact: PairsArtifact) -> None:
 def prepare_policy_model(
     model_name_or_path: str, prompts_file: str, candidates_file: str, settings: HalSettings
 ) -> str:
-    """The model to train: a hub id or folder as given, or the tiny model built once."""
+    """The model to train: a hub id or folder as given, or a packaged or tiny model built once."""
     corpus = None
     if model_name_or_path == TINY_MODEL_NAME:
         corpus = synthlabs_corpus(

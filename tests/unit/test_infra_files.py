@@ -31,6 +31,7 @@ REQUIRED_FLOWS = {
     "fit_reward": "flows/fit_reward.py",
     "train_local_judge": "flows/train_local_judge.py",
     "align": "flows/align.py",
+    "generate": "flows/generate.py",
     "evaluate": "flows/evaluate.py",
 }
 

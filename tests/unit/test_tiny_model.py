@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hal_core.policy_model import resolve_policy_model
 from hal_core.tiny_model import (
     TINY_MODEL_NAME,
     TinyModelSpec,
     build_model,
     count,
-    resolve_policy_model,
     save_tiny_model,
     synthlabs_corpus,
     train_tokenizer,
