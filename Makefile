@@ -19,8 +19,8 @@ demo: setup
 	$(BIN)/hal demo
 
 check: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 
 format: setup
 	$(BIN)/ruff format .

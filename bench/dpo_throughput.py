@@ -47,10 +47,14 @@ RESULT = "BENCH-RESULT "
 def build_model(folder: Path, tiny: bool) -> None:
     """A random-init Llama with SmolLM2's tokenizer and chat template."""
     import torch
-    from hal_core.policy_model import resolve_policy
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_policy("smollm2-135m-instruct"))
+    from hal_core.policy_model import DEFAULT_POLICY_MODEL, resolve_policy_model
+    from hal_core.settings import get_settings
+
+    models_dir = get_settings().home_dir / "models"
+    policy_folder = resolve_policy_model(DEFAULT_POLICY_MODEL, models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(policy_folder)
     config = LlamaConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
