@@ -87,6 +87,7 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--repetition-penalty", type=float, default=1.1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", help="float32 or int8-dynamic.")
     parser.add_argument("--rerender-baseline", action="store_true")
     parser.add_argument("--examples", type=int, default=2)
     args = parser.parse_args()
@@ -106,8 +107,8 @@ def main() -> int:
         f"{record['conversion_seconds']} s when it ran), {record['n_parameters']:,} parameters"
     )
     started = time.perf_counter()
-    model, tokenizer = load_policy(folder)
-    print(f"loaded in {time.perf_counter() - started:.1f} s")
+    model, tokenizer = load_policy(folder, dtype=args.dtype)
+    print(f"loaded ({args.dtype}) in {time.perf_counter() - started:.1f} s")
 
     script = DoctorScript.load(ROOT / "infra" / "doctor_scripts" / "visit-v1.yaml")
     prompts = settings.data_path("synthlabs/prompts_test.csv")

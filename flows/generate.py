@@ -114,9 +114,10 @@ class GenerateParams(BaseModel):
         default=1.1, ge=1.0, description="Penalty on tokens the turn already holds (1 = none)."
     )
     batch_size: int = Field(default=32, ge=1, description="Dialogues generated together.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    dtype: Literal["float32", "bfloat16", "float16", "int8-dynamic"] = Field(
         default="float32",
-        description="Precision of the policy: float32 on CPU; bfloat16 on a GPU at paper scale.",
+        description="Precision of the policy: float32 on CPU; int8-dynamic (CPU) for about "
+        "half the time a token; bfloat16 on a GPU at paper scale.",
     )
     seed: int = Field(default=0, description="Run seed; each dialogue mixes in its ids.")
     card: CardSettings = Field(

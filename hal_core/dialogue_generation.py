@@ -226,8 +226,10 @@ class GenerationSpec(BaseModel):
         "(roleplay) or per dialogue (whole); seed = the run seed each dialogue's seed mixes in.",
     )
     card: CardSettings = Field(default_factory=CardSettings, description="Persona card size.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="Precision the policy runs in (float32 on CPU)."
+    dtype: Literal["float32", "bfloat16", "float16", "int8-dynamic"] = Field(
+        default="float32",
+        description="Precision the policy runs in (float32 on CPU; int8-dynamic: int8 Linear "
+        "layers on CPU).",
     )
 
     @property

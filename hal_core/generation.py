@@ -547,12 +547,21 @@ def load_policy(
 ):
     """A causal LM and its tokenizer: ``base`` (folder or hub id), with a PEFT LoRA ``adapter``
     folder merged into it when given (the adapter's own tokenizer is used when it saved one),
-    in ``dtype`` on ``device`` (default: the GPU when there is one)."""
+    in ``dtype`` on ``device`` (default: the GPU when there is one).
+
+    ``dtype="int8-dynamic"`` (CPU only) loads float32 weights, merges the adapter, then swaps
+    every ``Linear`` for torch's dynamically quantised int8 one: about half the CPU time a
+    token here (SmolLM2-135M, 2 cores), with different samples than float32.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    quantise = dtype == INT8_DYNAMIC
+    if quantise and device != "cpu":
+        raise ValueError(f"dtype {INT8_DYNAMIC} runs on the CPU only (device {device})")
+    load_dtype = torch.float32 if quantise else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype)
     tokenizer_source = base
     if adapter is not None:
         from peft import PeftModel
@@ -565,7 +574,18 @@ def load_policy(
             tokenizer_source = str(folder)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     model.to(device).eval()
+    if quantise:
+        import warnings
+
+        with warnings.catch_warnings():  # torch.ao points to torchao, which is not installed
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
     return model, tokenizer
+
+
+INT8_DYNAMIC = "int8-dynamic"
 
 
 POLICY_FILES = (

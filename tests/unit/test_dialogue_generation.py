@@ -277,6 +277,26 @@ def test_a_cached_run_generates_nothing_again_and_tables_follow_the_contract(
     assert {job.key for job in build_jobs(personas, rebatched, "policy-a", SCRIPT)} == keys
 
 
+def test_int8_dynamic_policies_swap_their_linear_layers(data_dir, tmp_path):
+    from hal_core.generation import load_policy
+    from hal_core.tiny_model import save_tiny_model
+
+    corpus = synthlabs_corpus(
+        data_dir / "synthlabs" / "prompts_test.csv",
+        data_dir / "synthlabs" / "candidates_test.csv",
+        limit=SPEC.corpus_size,
+    )
+    folder = save_tiny_model(tmp_path / "tiny", corpus, SPEC)
+    quantised, tokenizer = load_policy(str(folder), dtype="int8-dynamic", device="cpu")
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(type(module) is torch.nn.Linear for module in quantised.modules())
+    assert sum(isinstance(module, dynamic) for module in quantised.modules()) == 15  # 7x2 + head
+    (reply,) = complete_chats(quantised, tokenizer, CHATS[:1], [0], SamplingSettings())
+    assert reply.new_tokens > 0
+    with pytest.raises(ValueError, match="CPU only"):
+        load_policy(str(folder), dtype="int8-dynamic", device="cuda")
+
+
 def test_file_digests_are_memoised_by_path_size_and_time(tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"abc")
