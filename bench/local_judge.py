@@ -8,6 +8,7 @@ dialogue is parsed, featurized and encoded by MiniLM.
     .venv/bin/python bench/local_judge.py                          # quick judges, 2 threads
     .venv/bin/python bench/local_judge.py --model .hal/local_judges/<run_id>
     .venv/bin/python bench/local_judge.py --model models:/hal-judge-local@doctor_visit
+    .venv/bin/python bench/local_judge.py --features '{"max_turns": 8}'   # another recipe
 
 Targets (issue 14, on 2 cores): >= 20 dialogues/s in batch, single-dialogue p50 <= 100 ms.
 The machine's load average is printed: other processes on two cores slow every figure, which
@@ -130,11 +131,14 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=60, help="Single-dialogue calls.")
     parser.add_argument("--repeats", type=int, default=3, help="Batch runs (best is kept).")
     parser.add_argument("--threads", type=int, default=2, help="Torch threads (0 = default).")
+    parser.add_argument(
+        "--features", default="{}", help="FeatureConfig fields (JSON) of the quick judge."
+    )
     args = parser.parse_args()
 
     settings = HalSettings()
     threads = args.threads or None
-    judge = load_judge(args.model, settings, FeatureConfig())
+    judge = load_judge(args.model, settings, FeatureConfig(**json.loads(args.features)))
     baseline = _quick_judge(settings, BASELINE_FEATURES)
     texts = pd.read_csv(settings.data_path("synthlabs/candidates_test.csv"))["dialogue"]
     dialogues = texts.astype(str).tolist()

@@ -217,9 +217,12 @@ def test_doctor_visit_judge_transfers_to_generators_it_never_saw(
     assert m["turing_family.interrogator"] > m["baseline.length.turing_family.interrogator"]
     assert set(report.predictions["split"]) >= {"logo.Llama-3.2-1B-Instruct", "test.scored16"}
     assert report.predictions["domain_distance"].notna().all()
-    # out of domain: a held-out Llama is flagged about as often as calibrated (5%), eight other
-    # LLMs' longer dialogues mostly (measured about 0.05 and 0.75)
-    assert m["logo.ood_fraction"] < 0.2 and m["test.scored16.ood_fraction"] > 0.5
+    # out of domain (calibrated to flag 5% of fresh in-domain dialogues): Llama-3.3-70B held
+    # out 4% and Turing families 5%, but Llama-3.2-1B's odder outputs 40% (a judge that saw
+    # only the 70B) and eight other LLMs' longer dialogues 75% (measured)
+    assert m["logo.Llama-3.3-70B-Instruct.ood_fraction"] < 0.15
+    assert m["turing_family.ood_fraction"] < 0.15
+    assert m["test.scored16.ood_fraction"] > 0.5
 
 
 @pytest.mark.slow
