@@ -112,10 +112,12 @@ def _hl_figures(
     agreement = hl_agreement(hl, recorded, pairs)
     baseline = hl_agreement(lengths, recorded, pairs)
     distance = models.domain_distance(rows.X, str(rows.domains[0]) if len(rows) else None)
+    per_trait = trait_spearman(predicted, rows.labels)
     metrics = {
         f"{prefix}.hl.pearson": agreement.pearson,
         f"{prefix}.hl.pair_accuracy": agreement.pair_accuracy,
         f"{prefix}.hl.n_pairs": float(agreement.n_pairs),
+        **{f"{prefix}.spearman.{t}": v for t, v in per_trait.items() if np.isfinite(v)},
         f"{prefix}.spearman.mean": _trait_spearman_mean(predicted, rows.labels),
         f"{prefix}.n": float(len(rows)),
         f"baseline.{LENGTH_BASELINE}.{prefix}.hl.pearson": baseline.pearson,
@@ -206,8 +208,10 @@ def _evaluate_generator_transfer(
         metrics.update(found)
         tables.append(table.assign(generator=held_out))
     keys = [_key(name) for name in names]
-    for suffix in ("hl.pearson", "hl.pair_accuracy", "spearman.mean", "ood_fraction"):
-        metrics[f"logo.{suffix}"] = _mean_over(metrics, "logo", keys, suffix)
+    per_trait = [f"spearman.{t}" for t in trait_ids]
+    for suffix in ("hl.pearson", "hl.pair_accuracy", "spearman.mean", "ood_fraction", *per_trait):
+        if all(f"logo.{key}.{suffix}" in metrics for key in keys):
+            metrics[f"logo.{suffix}"] = _mean_over(metrics, "logo", keys, suffix)
         if suffix.startswith("hl."):
             base = f"baseline.{LENGTH_BASELINE}.logo"
             metrics[f"{base}.{suffix}"] = _mean_over(metrics, base, keys, suffix)

@@ -189,8 +189,8 @@ def test_featurizer_pools_every_turn_caps_encoder_work_and_is_deterministic(tmp_
     b = featurizer.transform(dialogues, DOCTOR)
     np.testing.assert_array_equal(a.values, b.values)
     assert a.errors[2] is not None and np.isnan(a.values[2]).all() and np.isnan(a.coverage[2])
-    assert a.coverage[0] == 1.0 and 0 < a.coverage[1] < 0.2  # 32 of several hundred pieces
-    assert a.coverage[3] < 1.0  # 8 of 12 turns encoded
+    assert a.coverage[0] == 1.0 and 0 < a.coverage[1] < 0.1  # 16 of several hundred pieces
+    assert a.coverage[3] < 1.0  # 4 of 12 turns encoded
     assert len(a.names) == a.values.shape[1] == 384 * 3 + len(STYLE_FEATURES)
     mean = a.values[[0, 1, 3], :384]
     np.testing.assert_allclose(np.linalg.norm(mean, axis=1), 1.0, atol=1e-6)
