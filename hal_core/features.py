@@ -2,21 +2,27 @@
 
 A dialogue becomes one fixed-length vector:
 
-* ``emb.000``..``emb.383``: all-MiniLM-L6-v2 embedding of the rated speaker's words. The
-  rated turns, in order, form one word-piece stream cut into windows of ``chunk_tokens`` (a
-  long turn spans windows: chunked, never truncated by the encoder); each window is embedded
-  once (cached by content hash) and the dialogue's vector is the token-weighted mean of its
-  windows. The encoder is the cost of the whole judge, so ``max_chunks`` caps its work per
-  dialogue: when a dialogue has more windows, evenly spaced ones are encoded (one: the middle
-  window) and ``style.emb_coverage`` records the share of word pieces that were. MiniLM runs
-  at ~3,000 word pieces per second per core here, so the default (one window of 32 pieces,
-  ~10 ms) is what keeps the judge above 50 doctor's visits per second on one core. Measured
-  with grouped CV (issue 5): encoding every window instead changes HAL16Q HL Pearson r by
-  +0.005 and HAL32Q accuracy by +0.003; dropping the embedding altogether changes neither by
-  more than 0.003. The word-piece means and the style counts carry most of the signal.
+* ``turn.000``..``turn.383`` (``embedding_unit="turn"``, the default): every rated turn is
+  embedded on its own by all-MiniLM-L6-v2 (its first ``turn_tokens`` word pieces; cached by
+  content hash) and the turn vectors are pooled: their mean, L2-normalised (``turn.*``) and,
+  optionally, their spread across turns (``turnstd.*``). ``max_turns`` caps the encoder's work
+  per dialogue (evenly spaced turns, first and last included); ``FeatureMatrix.coverage``
+  records the share of the rated word pieces that were encoded (not a feature: it measures the
+  encoder's budget, not the speaker, and as a feature it keyed on dialogue length).
+* ``emb.000``..``emb.383`` (``embedding_unit="window"``, the issue-5 default kept as an option):
+  the rated turns as one word-piece stream cut into windows of ``chunk_tokens``; at most
+  ``max_chunks`` evenly spaced windows are encoded and token-weighted.
 * ``tok.000``..``tok.383`` (optional): the mean of MiniLM's input word-piece vectors over *all*
   the rated words: no transformer pass, so it always covers the whole text.
 * ``style.*``: cheap counts over all the rated turns (see :data:`STYLE_FEATURES`).
+
+What each block is worth was measured by leave-one-generator-out CV (issue 14; figures in
+:mod:`hal_core.transfer`): the style counts and word-piece means carry most of the signal that
+transfers to another generator; pooled turn embeddings add little on their own and are kept at
+a low block weight. Encoding more of each turn or more turns did not transfer better (16 or 32
+pieces, 2 to all turns: leave-one-generator-out HL r within 0.01), and MiniLM is the cost of
+the whole judge (~2,000-3,000 word pieces per second per core), hence the defaults: the first
+16 pieces of at most 4 turns.
 
 Everything is deterministic: the same texts give the same matrix.
 """
@@ -30,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hal_core.dialogue import ParsedDialogue, SpeakerTags, parse_dialogue
 from hal_core.embedding import EMBEDDING_DIM, EmbeddingCache, embed_texts, load_encoder
 
-FEATURES_VERSION = "hal-local-features-v1"
+FEATURES_VERSION = "hal-local-features-v2"
 """Bump when any feature's definition changes: it is part of the local judge's fingerprint."""
 
 
@@ -48,19 +54,40 @@ class FeatureConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     embeddings: bool = Field(default=True, description="MiniLM embedding of the rated turns.")
+    embedding_unit: Literal["turn", "window"] = Field(
+        default="turn",
+        description="turn: embed every rated turn on its own and pool the turn vectors; "
+        "window: embed word-piece windows of the rated speaker's stream (issue-5 default).",
+    )
+    turn_tokens: int = Field(
+        default=16, ge=4, le=254, description="Word pieces of a turn encoded (its first ones)."
+    )
+    max_turns: int | None = Field(
+        default=4,
+        ge=1,
+        description="Turns encoded per dialogue at most (evenly spaced, first and last "
+        "included); None encodes every turn.",
+    )
+    turn_pooling: tuple[Literal["mean", "std"], ...] = Field(
+        default=("mean",),
+        min_length=1,
+        description="Pooling of the turn vectors: mean (L2-normalised, turn.*) and/or the "
+        "per-dimension spread across turns (turnstd.*).",
+    )
     token_means: bool = Field(
         default=True, description="Mean MiniLM input word-piece vector over all rated words."
     )
     style: bool = Field(default=True, description="Cheap style counts (see STYLE_FEATURES).")
     chunk_tokens: int = Field(
-        default=32, ge=16, le=254, description="Word pieces per embedded chunk (at most)."
+        default=32, ge=16, le=254, description="Word pieces per embedded window (window unit)."
     )
     max_chunks: int | None = Field(
         default=1,
         ge=1,
-        description="Chunks encoded per dialogue at most (evenly spaced); None encodes all.",
+        description="Windows encoded per dialogue at most (window unit; evenly spaced); None "
+        "encodes all.",
     )
-    batch_size: int = Field(default=32, ge=1, description="Chunks per encoder batch.")
+    batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch.")
 
 
 SLANG = frozenset((
@@ -143,7 +170,6 @@ STYLE_FEATURES: tuple[str, ...] = (
     "style.first_person_rate",
     "style.second_person_rate",
     "style.inferred_speaker",
-    "style.emb_coverage",
 )
 
 
@@ -153,9 +179,7 @@ def _vocabulary(model_path: str | None) -> frozenset[str]:
     return frozenset(word for word in tokenizer.get_vocab() if word.isalpha())
 
 
-def style_features(
-    parsed: ParsedDialogue, vocabulary: frozenset[str], emb_coverage: float = 1.0
-) -> np.ndarray:
+def style_features(parsed: ParsedDialogue, vocabulary: frozenset[str]) -> np.ndarray:
     """The :data:`STYLE_FEATURES` of one parsed dialogue, in that order."""
     turns = parsed.rated_texts
     n_turns = max(len(turns), 1)
@@ -214,7 +238,6 @@ def style_features(
         sum(1 for word in plain if word in FIRST_PERSON) / n_words,
         sum(1 for word in plain if word in SECOND_PERSON) / n_words,
         float(parsed.inferred),
-        emb_coverage,
     ]
     return np.asarray(values, dtype=np.float64)
 
@@ -256,13 +279,30 @@ def spaced_indices(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
+def turn_heads(
+    turns: Sequence[str], offsets: Sequence[Sequence[tuple[int, int]]], turn_tokens: int
+) -> list[tuple[int, str, int, int]]:
+    """Each turn's first ``turn_tokens`` word pieces as text: ``(turn, head, pieces encoded,
+    pieces in the turn)``; a turn without word pieces is left out."""
+    heads = []
+    for index, (turn, spans) in enumerate(zip(turns, offsets, strict=True)):
+        if not spans:
+            continue
+        kept = min(turn_tokens, len(spans))
+        heads.append((index, turn[spans[0][0] : spans[kept - 1][1]], kept, len(spans)))
+    return heads
+
+
 @dataclass(frozen=True)
 class FeatureMatrix:
-    """Feature rows for dialogues; rows of unparseable dialogues are NaN with a reason."""
+    """Feature rows for dialogues; rows of unparseable dialogues are NaN with a reason.
+    ``coverage``: share of each dialogue's rated word pieces the encoder saw (NaN: unparseable).
+    """
 
     values: np.ndarray
     names: list[str]
     errors: list[str | None]
+    coverage: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -292,8 +332,12 @@ class DialogueFeaturizer:
     @property
     def names(self) -> list[str]:
         names: list[str] = []
-        if self.config.embeddings:
+        if self.config.embeddings and self.config.embedding_unit == "window":
             names += [f"emb.{i:03d}" for i in range(EMBEDDING_DIM)]
+        elif self.config.embeddings:
+            for pooling in self.config.turn_pooling:
+                block = "turn" if pooling == "mean" else f"turn{pooling}"
+                names += [f"{block}.{i:03d}" for i in range(EMBEDDING_DIM)]
         if self.config.token_means:
             names += [f"tok.{i:03d}" for i in range(EMBEDDING_DIM)]
         if self.config.style:
@@ -312,30 +356,28 @@ class DialogueFeaturizer:
         errors = [item.error for item in parsed]
         good = [i for i, error in enumerate(errors) if error is None]
         values = np.full((len(parsed), len(self.names)), np.nan, dtype=np.float64)
+        covered = np.full(len(parsed), np.nan)
         if not good:
-            return FeatureMatrix(values, self.names, errors)
+            return FeatureMatrix(values, self.names, errors, covered)
         items = [parsed[i] for i in good]
         blocks: list[np.ndarray] = []
         coverage = np.ones(len(items))
         if config.embeddings or config.token_means:
             tokens = _tokenize_turns(items, self.model_path)
-            if config.embeddings:
+            if config.embeddings and config.embedding_unit == "window":
                 embedded, coverage = self._embed(items, tokens)
+                blocks.append(embedded)
+            elif config.embeddings:
+                embedded, coverage = self._embed_turns(items, tokens)
                 blocks.append(embedded)
             if config.token_means:
                 blocks.append(_token_means(tokens, self.model_path))
         if config.style:
             vocabulary = _vocabulary(self.model_path)
-            blocks.append(
-                np.vstack(
-                    [
-                        style_features(item, vocabulary, float(share))
-                        for item, share in zip(items, coverage, strict=True)
-                    ]
-                )
-            )
+            blocks.append(np.vstack([style_features(item, vocabulary) for item in items]))
         values[good] = np.hstack(blocks)
-        return FeatureMatrix(values, self.names, errors)
+        covered[good] = coverage
+        return FeatureMatrix(values, self.names, errors, covered)
 
     def _embed(
         self, parsed: Sequence[ParsedDialogue], tokens: list[list[Any]]
@@ -370,6 +412,45 @@ class DialogueFeaturizer:
         means = sums / np.maximum(weights, 1.0)[:, None]
         norms = np.linalg.norm(means, axis=1, keepdims=True)
         return means / np.where(norms > 0, norms, 1.0), coverage
+
+    def _embed_turns(
+        self, parsed: Sequence[ParsedDialogue], tokens: list[list[Any]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled turn vectors (one block per pooling) and the share of pieces encoded."""
+        config = self.config
+        owners: list[int] = []
+        texts: list[str] = []
+        coverage = np.ones(len(parsed))
+        for row, (item, encodings) in enumerate(zip(parsed, tokens, strict=True)):
+            heads = turn_heads(item.rated_texts, [e.offsets for e in encodings], config.turn_tokens)
+            total = sum(n_turn for *_, n_turn in heads)
+            if config.max_turns is not None and len(heads) > config.max_turns:
+                heads = [heads[i] for i in spaced_indices(len(heads), config.max_turns)]
+            coverage[row] = sum(kept for _, _, kept, _ in heads) / max(total, 1)
+            owners.extend(row for _ in heads)
+            texts.extend(head for _, head, _, _ in heads)
+        encoder = load_encoder(self.model_path)
+        # room for [CLS]/[SEP] and re-tokenisation of the cut text, so nothing more is cut
+        encoder.max_seq_length = max(encoder.max_seq_length, config.turn_tokens + 8)
+        with _torch_threads(self.threads):
+            vectors = embed_texts(
+                texts, cache=self.cache, model_path=self.model_path, batch_size=config.batch_size
+            ).astype(np.float64)
+        owner = np.asarray(owners, dtype=int)
+        counts = np.bincount(owner, minlength=len(parsed)).astype(float)[:, None]
+        sums = np.zeros((len(parsed), EMBEDDING_DIM))
+        np.add.at(sums, owner, vectors)
+        means = sums / np.maximum(counts, 1.0)
+        blocks = []
+        for pooling in config.turn_pooling:
+            if pooling == "mean":
+                norms = np.linalg.norm(means, axis=1, keepdims=True)
+                blocks.append(means / np.where(norms > 0, norms, 1.0))
+            else:
+                squares = np.zeros((len(parsed), EMBEDDING_DIM))
+                np.add.at(squares, owner, (vectors - means[owner]) ** 2)
+                blocks.append(np.sqrt(squares / np.maximum(counts, 1.0)))
+        return np.hstack(blocks), coverage
 
 
 def _tokenize_turns(parsed: Sequence[ParsedDialogue], model_path: str | None) -> list[list[Any]]:

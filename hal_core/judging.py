@@ -64,6 +64,14 @@ class RatingResult(BaseModel):
     completion_tokens: int = 0
     requests: int = Field(default=0, description="Requests sent, retries and repairs included.")
     cached: bool = False
+    domain_distance: float | None = Field(
+        default=None,
+        description="Distance of the dialogue to the judge's training data, 1 at the in-domain "
+        "quantile (hal_core.domain); None when the judge has no such signal.",
+    )
+    out_of_domain: bool | None = Field(
+        default=None, description="domain_distance > 1; None when the judge has no such signal."
+    )
 
     @property
     def ok(self) -> bool:

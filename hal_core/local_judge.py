@@ -1,27 +1,27 @@
 """The local judge: one regressor per trait on dialogue features, trained on recorded LLM ratings.
 
 An LLM judge needs ~40 s of API time per dialogue (GPT-5 median in the recorded data). The
-local judge reads the rated speaker's turns (:mod:`hal_core.features`: MiniLM embedding,
-word-piece means, style counts), predicts every trait of its questionnaire with its own
-regressor (ridge by default; boosting as an option), clips to the Likert scale and, when a
+local judge reads the rated speaker's turns (:mod:`hal_core.features`: pooled MiniLM turn
+embeddings, word-piece means, style counts), predicts every trait of its questionnaire with its
+own regressor (ridge by default; boosting as an option), clips to the Likert scale and, when a
 reward is attached, adds the HL score. Ratings stay per trait, so the HL score stays
-interpretable.
+interpretable. Each rated dialogue also gets ``domain_distance`` / ``out_of_domain``
+(:mod:`hal_core.domain`): how far it lies from the judge's training data.
 
 Questionnaires:
 
-* ``hal16q``: the 16 statements of the published HAL16Q judge prompt
-  (``questionnaires/hal16q_published.json``), with ids by published position: position ``k``
-  is ``t{k:02d}`` (t01 "Keeps replies brief and casual..." ... t16 "Gives direct answers about
-  self..."). These ids name HAL16Q statements, not HAL32Q traits. The published weights ``w[k]``
-  are applied to position ``k`` exactly as the recorded ``hal16_score`` was computed
-  (``ratings · w + b``), so :func:`hal16q_paper_reward` weighs ``t{k+1:02d}`` by ``w[k]``. Each
-  trait also records ``weight_fitted_for``: the HAL32Q id that ``w[k]`` was actually fitted on
-  (see the data README: 14 of 16 positions pair a statement with another trait's weight).
+* ``hal16q``: the 16 statements of the published HAL16Q judge prompt, each under the HAL32Q id
+  it rephrases (:func:`hal_core.paper.load_hal16q_published`). Recorded ratings, stored by
+  published position, become ratings keyed by those ids; HL is the stored ``hal16_score``
+  (:func:`hal16q_reward`: ``w[k]`` on published position ``k``, the paper-compatible reading).
 * ``hal32q``: ``questionnaires/hal32q.json`` as is (ids t01..t32).
 
-Training data: ``aligned_outputs`` holds 600 dialogues rated five times under five folder names
-and 900 rated once; :func:`average_ratings_by_dialogue` averages the ratings of each distinct
-dialogue text, and cross-validation groups by prompt (so a dialogue text never straddles folds).
+Training data: ``aligned_outputs`` holds 600 Llama-3.3-70B dialogues rated five times under five
+folder names and 900 Llama-3.2-1B dialogues rated once; :func:`average_ratings_by_dialogue`
+averages the ratings of each distinct dialogue text and names its generator. Because the
+HAL16Q ids are HAL32Q ids, the Turing witnesses' GPT-5 ratings of those sixteen traits can join
+the doctor's visits (:func:`stack_training`): a judge trained on both domains. How well a judge
+transfers to generators it never saw is measured in :mod:`hal_core.transfer`.
 """
 
 from __future__ import annotations
@@ -49,61 +49,48 @@ from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from hal_core.dialogue import SpeakerTags
+from hal_core.domain import (
+    DOMAIN_DISTANCE_COLUMN,
+    OUT_OF_DOMAIN_COLUMN,
+    DomainConfig,
+    DomainReference,
+)
 from hal_core.embedding import EMBEDDING_MODEL, EmbeddingCache
 from hal_core.features import FEATURES_VERSION, DialogueFeaturizer, FeatureConfig, FeatureMatrix
 from hal_core.judging import JudgeConfigurationError, RatingResult
-from hal_core.questionnaire import LikertScale, Questionnaire, Trait
-from hal_core.reward import PAPER_HAL16_TRAIT_IDS, HLReward, TraitLogisticRegression
+from hal_core.paper import HAL16Q_ID as HAL16Q_ID
+from hal_core.paper import load_paper_weights
+from hal_core.questionnaire import LikertScale, Questionnaire
+from hal_core.reward import HLReward, TraitLogisticRegression
 
-FORMAT = "hal-local-judge/1"
+FORMAT = "hal-local-judge/2"
 METADATA_FILE = "local_judge.json"
 MODELS_FILE = "regressors.joblib"
 QUESTIONNAIRE_FILE = "questionnaire.json"
 REWARD_FILE = "reward.json"
-HAL16Q_ID, HAL32Q_ID = "hal16q", "hal32q"
+HAL32Q_ID = "hal32q"
+DOCTOR_VISIT, TURING = "doctor_visit", "turing"
+ALIGNED_OWN_OUTPUTS = ("Llama-3.2-1B-Instruct", "Llama-3.3-70B-Instruct")
+"""``aligned_outputs`` folders that hold their own model's generations (the data README); the
+other folders re-rate Llama-3.3-70B's dialogues."""
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 16))
 
 
-# --------------------------------------------------------------------------- questionnaires
+# ---------------------------------------------------------------------------------- reward
 
 
-def hal16q_published(path: str | Path) -> Questionnaire:
-    """The published HAL16Q statements with ids by position (see the module doc)."""
-    path = Path(path)
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    try:
-        statements = sorted(payload["statements_in_rating_order"], key=lambda s: s["position"])
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{path}: no 'statements_in_rating_order' with positions") from error
-    positions = [s["position"] for s in statements]
-    if positions != list(range(1, len(statements) + 1)):
-        raise ValueError(f"{path}: positions must be 1..{len(statements)}, got {positions}")
-    if len(statements) != len(PAPER_HAL16_TRAIT_IDS):
-        raise ValueError(f"{path}: {len(statements)} statements, the published prompt has 16")
-    traits = tuple(
-        Trait(
-            id=f"t{s['position']:02d}",
-            text=s["text"],
-            position=s["position"],
-            weight_fitted_for=PAPER_HAL16_TRAIT_IDS[s["position"] - 1],
-        )
-        for s in statements
-    )
-    scale = LikertScale(**payload.get("scale", {}))
-    return Questionnaire(name="HAL16Q", scale=scale, traits=traits, id=HAL16Q_ID)
-
-
-def hal16q_paper_reward(weights_path: str | Path, questionnaire: Questionnaire) -> HLReward:
-    """``hal16_score`` as recorded: ``w[k]`` on published position ``k`` (HAL16Q id t{k+1})."""
-    reward = HLReward.from_paper_weights(weights_path, trait_ids=questionnaire.trait_ids)
+def hal16q_reward(weights_path: str | Path) -> HLReward:
+    """``hal16_score`` as recorded: ``w[k]`` on the statement at published position ``k``
+    (keyed by its HAL32Q id; the paper-compatible reading of :class:`hal_core.paper.PaperWeights`).
+    """
+    paper = load_paper_weights(weights_path)
     return HLReward(
-        weights=reward.weights,
-        bias=reward.bias,
+        weights=paper.weights("paper_compatible"),
+        bias=paper.b,
         metadata={
-            "source": str(weights_path),
-            "questionnaire": questionnaire.name,
-            "questionnaire_version": questionnaire.version,
-            "note": "published w[k] applied to published position k, as hal16_score was",
+            "source": paper.source,
+            "reading": "paper_compatible",
+            "note": "published w[k] on published HAL16Q position k, as hal16_score was computed",
         },
     )
 
@@ -140,13 +127,16 @@ def aligned_rating_rows(
 
 
 def average_ratings_by_dialogue(rows: pd.DataFrame, trait_ids: Sequence[str]) -> pd.DataFrame:
-    """Mean ratings per distinct dialogue text (first-seen order) with ``n_ratings``."""
+    """Mean ratings per distinct dialogue text (first-seen order) with ``n_ratings``, the
+    folders that rated it (``raters``) and the model that wrote it (``generator``)."""
     grouped = rows.groupby("dialogue", sort=False)
     means = grouped[[*trait_ids, "hal16_score"]].mean()
+    raters = grouped["rater"].agg(lambda values: ",".join(sorted(set(values))))
     out = means.assign(
         prompt=grouped["prompt"].first(),
         n_ratings=grouped.size(),
-        raters=grouped["rater"].agg(lambda values: ",".join(sorted(set(values)))),
+        raters=raters,
+        generator=[aligned_generator(names.split(",")) for names in raters],
     ).reset_index()
     prompts_per_text = grouped["prompt"].nunique()
     if (prompts_per_text > 1).any():
@@ -155,8 +145,25 @@ def average_ratings_by_dialogue(rows: pd.DataFrame, trait_ids: Sequence[str]) ->
     return out
 
 
+def aligned_generator(raters: Sequence[str]) -> str:
+    """The model that wrote a dialogue of ``aligned_outputs``, from the folders that rated it.
+
+    A folder of :data:`ALIGNED_OWN_OUTPUTS` holds its own model's outputs; the other folders
+    re-rate Llama-3.3-70B's (data README). A dialogue is its own-output folder's, whichever
+    other folders re-rated it; none or two such folders is an error (split by text, not folder).
+    """
+    own = sorted({name for name in raters if name in ALIGNED_OWN_OUTPUTS})
+    if len(own) == 1:
+        return own[0]
+    if not own and raters:  # only re-rating folders: the shared Llama-3.3-70B dialogues
+        return "Llama-3.3-70B-Instruct"
+    raise ValueError(f"cannot tell the generator of a dialogue rated in folders {list(raters)}")
+
+
 def turing_witness_rows(frame: pd.DataFrame, questionnaire: Questionnaire) -> pd.DataFrame:
-    """One row per witness (game_id, witness, is_human, dialogue = its transcript, trait ids)."""
+    """One row per witness (game_id, witness, is_human, dialogue = its transcript, trait ids),
+    with the game's AI ``family`` (``ai_model`` before its prompt suffix: ``gpt-4.5_quinn`` is
+    ``gpt-4.5``) and ``judged_human`` (the interrogator picked this witness as the human)."""
     from hal_core.tables import witness_ratings
 
     witnesses = witness_ratings(frame, questionnaire)
@@ -169,7 +176,16 @@ def turing_witness_rows(frame: pd.DataFrame, questionnaire: Questionnaire) -> pd
         or not (witnesses["witness"].to_numpy() == np.repeat(["A", "B"], len(frame))).all()
     ):
         raise ValueError("witness_ratings changed its row order (all A witnesses, then all B)")
-    return witnesses.assign(dialogue=dialogue)
+    witnesses = witnesses.assign(dialogue=dialogue)
+    if "ai_model" in frame:
+        family = frame["ai_model"].astype(str).str.split("_").str[0].to_numpy()
+        witnesses["family"] = np.concatenate([family, family])
+    if "human_verdict" in frame:
+        verdict = frame["human_verdict"].astype(str).to_numpy()
+        witnesses["judged_human"] = (
+            witnesses["witness"].to_numpy() == np.concatenate([verdict, verdict])
+        ).astype(int)
+    return witnesses
 
 
 # ----------------------------------------------------------------------------- regressors
@@ -187,9 +203,15 @@ class TraitRegressorConfig(BaseModel):
     )
     alphas: tuple[float, ...] = Field(default=DEFAULT_ALPHAS, description="Ridge alpha grid.")
     block_weights: dict[str, float] = Field(
-        default_factory=lambda: {"emb": 0.2, "tok": 0.3, "style": 1.0},
+        default_factory=lambda: {"turn": 0.25, "emb": 0.2, "tok": 0.3, "style": 1.0},
         description="Multiplier of each standardised feature block (by name prefix): how much "
-        "the ridge penalty lets each block speak. Chosen by grouped CV (see the issue report).",
+        "the ridge penalty lets each block speak. Chosen by leave-one-generator-out CV "
+        "(hal_core.transfer): higher turn-embedding weights transferred worse.",
+    )
+    domain_weights: dict[str, float] = Field(
+        default_factory=lambda: {TURING: 1.0},
+        description="Sample weight of each training domain's dialogues (doctor_visit 1 unless "
+        "named): how much the Turing witnesses count in a judge trained on both domains.",
     )
     sample_weight: Literal["none", "n_ratings"] = Field(
         default="none", description="Weigh a dialogue by how many ratings its label averages."
@@ -223,7 +245,7 @@ class BlockScaler:
     def fit(cls, X: np.ndarray, names: Sequence[str], weights: Mapping[str, float]) -> BlockScaler:
         std = X.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
-        block = np.array([weights.get(name.split(".")[0], 1.0) for name in names], dtype=float)
+        block = block_weight_vector(names, weights)
         return cls(X.mean(axis=0), block / std, X.min(axis=0), X.max(axis=0))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -261,6 +283,7 @@ class TraitModels:
     regressors: dict[str, Any]
     scale_min: float
     scale_max: float
+    domains: dict[str, DomainReference] = field(default_factory=dict)
     _stacked: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -291,6 +314,15 @@ class TraitModels:
             raw = np.column_stack([r.predict(Z) for r in self.regressors.values()])
         return np.clip(raw, self.scale_min, self.scale_max)
 
+    def domain_distance(self, X: np.ndarray, domain: str | None = None) -> np.ndarray | None:
+        """Distance of each row to the training data of ``domain`` (default: the first domain
+        trained on), 1 at the in-domain quantile; None without a domain reference."""
+        if not self.domains:
+            return None
+        reference = self.domains.get(domain) if domain else None
+        reference = reference or next(iter(self.domains.values()))
+        return reference.distance(np.asarray(X, dtype=np.float64))
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_stacked"] = None
@@ -308,6 +340,11 @@ def fit_trait_models(
     """One regressor per trait id column of ``Y``, on rows of ``X`` (all finite)."""
     with blas_threads(config.blas_threads):
         return _fit_trait_models(X, Y, feature_names, config, scale, sample_weight)
+
+
+def block_weight_vector(names: Sequence[str], weights: Mapping[str, float]) -> np.ndarray:
+    """Each feature's block weight (block = the name's prefix before the first dot)."""
+    return np.array([weights.get(name.split(".")[0], 1.0) for name in names], dtype=float)
 
 
 def blas_threads(limit: int | None):
@@ -403,32 +440,37 @@ class LocalJudge:
     @classmethod
     def fit(
         cls,
-        matrix: FeatureMatrix,
-        ratings: pd.DataFrame,
+        rows: LabelledRows,
         questionnaire: Questionnaire,
         tags: SpeakerTags,
         features: FeatureConfig,
         regressor: TraitRegressorConfig | None = None,
-        sample_weight: np.ndarray | None = None,
+        domain: DomainConfig | None = None,
         training: Mapping[str, Any] | None = None,
         *,
         model_path: str | None = None,
         cache: EmbeddingCache | None = None,
     ) -> LocalJudge:
-        """Fit on precomputed features; rows that failed to parse are left out (and counted)."""
+        """Fit on labelled feature rows (:func:`labelled_rows`, :func:`stack_training`), with
+        the out-of-domain reference of those rows."""
         regressor = regressor or TraitRegressorConfig()
-        ok = matrix.ok
-        labels = ratings[questionnaire.trait_ids].reset_index(drop=True)
-        weights = None if sample_weight is None else np.asarray(sample_weight, float)[ok]
-        models = fit_trait_models(
-            matrix.values[ok],
-            labels[ok],
-            matrix.names,
-            regressor,
-            questionnaire.scale,
-            weights,
-        )
-        info = {"n_train": int(ok.sum()), "n_unparseable": int((~ok).sum()), **(training or {})}
+        if list(rows.labels.columns) != questionnaire.trait_ids:
+            raise ValueError(
+                f"labels cover {list(rows.labels.columns)}, questionnaire {questionnaire.name} "
+                f"has {questionnaire.trait_ids}"
+            )
+        models = rows.fit(regressor, questionnaire.scale, domain)
+        counts = pd.Series(rows.domains).value_counts().sort_index()
+        info = {
+            "n_train": len(rows),
+            "n_unparseable": rows.n_unparseable,
+            "domains": {str(name): int(n) for name, n in counts.items()},
+            "domain_tags": {
+                name: tags.model_dump(mode="json") for name, tags in rows.domain_tags.items()
+            },
+            "domain_config": (domain or DomainConfig()).model_dump(mode="json"),
+            **(training or {}),
+        }
         return cls(
             questionnaire,
             tags,
@@ -461,8 +503,20 @@ class LocalJudge:
         return judge
 
     # -- predicting
-    def predict_matrix(self, matrix: FeatureMatrix) -> pd.DataFrame:
-        """Trait-id columns (+ ``hl``) and ``error`` for feature rows."""
+    def domain_of(self, tags: SpeakerTags | None) -> str | None:
+        """The training domain whose dialogues had these speaker tags (None: the first)."""
+        for name, known in self.training.get("domain_tags", {}).items():
+            if tags is not None and SpeakerTags(**known) == tags:
+                return name
+        return None
+
+    def predict_matrix(
+        self, matrix: FeatureMatrix, tags: SpeakerTags | None = None
+    ) -> pd.DataFrame:
+        """Trait-id columns (+ ``hl``), ``domain_distance``, ``out_of_domain`` and ``error``
+        for feature rows (unrated rows: NaN, NA and the reason). The distance is to the
+        training domain whose speaker ``tags`` the rows were parsed with (default: the first
+        domain trained on)."""
         frame = pd.DataFrame(
             np.nan, index=range(len(matrix.errors)), columns=self.questionnaire.trait_ids
         )
@@ -474,15 +528,24 @@ class LocalJudge:
             if ok.any():
                 hl[ok] = self.reward.score(frame.loc[ok, self.questionnaire.trait_ids])
             frame["hl"] = hl
+        distance = np.full(len(frame), np.nan)
+        if ok.any() and self.models.domains:
+            found = self.models.domain_distance(matrix.values[ok], self.domain_of(tags))
+            distance[ok] = found
+        frame[DOMAIN_DISTANCE_COLUMN] = distance
+        frame[OUT_OF_DOMAIN_COLUMN] = pd.array(
+            [None if np.isnan(d) else bool(d > 1.0) for d in distance], dtype="boolean"
+        )
         frame["error"] = pd.Series(matrix.errors, dtype=object).where(~ok, None)
         return frame
 
     def predict_frame(
         self, dialogues: Sequence[str], tags: SpeakerTags | None = None
     ) -> pd.DataFrame:
-        """One row per dialogue: a column per trait id, ``hl`` with a reward, ``error``."""
-        matrix = self.featurizer.transform(list(dialogues), tags or self.tags)
-        return self.predict_matrix(matrix)
+        """One row per dialogue: a column per trait id, ``hl`` with a reward, the
+        out-of-domain columns and ``error``."""
+        tags = tags or self.tags
+        return self.predict_matrix(self.featurizer.transform(list(dialogues), tags), tags)
 
     def fingerprint(self) -> str:
         """Hash of the features' definition, the fitted regressors, questionnaire and reward."""
@@ -525,7 +588,16 @@ class LocalJudge:
                 )
                 continue
             ratings = {trait_id: float(frame.at[row, trait_id]) for trait_id in asked}
-            results.append(RatingResult(item_id=item_id, ratings=ratings, latency_s=share))
+            distance = float(frame.at[row, DOMAIN_DISTANCE_COLUMN])
+            results.append(
+                RatingResult(
+                    item_id=item_id,
+                    ratings=ratings,
+                    latency_s=share,
+                    domain_distance=None if np.isnan(distance) else distance,
+                    out_of_domain=None if np.isnan(distance) else bool(distance > 1.0),
+                )
+            )
         return results
 
     def _check_questionnaire(self, questionnaire: Questionnaire) -> list[str]:
@@ -677,12 +749,20 @@ def cross_val_traits(
     n_splits: int,
     seed: int,
     sample_weight: np.ndarray | None = None,
+    extra: LabelledRows | None = None,
 ) -> pd.DataFrame:
-    """Out-of-fold clipped trait predictions (folds grouped by ``groups``)."""
+    """Out-of-fold clipped trait predictions (folds grouped by ``groups``); ``extra`` rows
+    (another domain) join every fold's training rows and are never predicted."""
     predictions = pd.DataFrame(np.nan, index=Y.index, columns=Y.columns)
     for train, test in grouped_folds(groups, n_splits, seed):
+        X_fit, Y_fit = X[train], Y.iloc[train]
         weights = None if sample_weight is None else sample_weight[train]
-        models = fit_trait_models(X[train], Y.iloc[train], feature_names, config, scale, weights)
+        if extra is not None:
+            X_fit = np.vstack([X_fit, extra.X])
+            Y_fit = pd.concat([Y_fit, extra.labels[list(Y.columns)]], ignore_index=True)
+            base = weights if weights is not None else np.ones(len(train))
+            weights = np.concatenate([base, extra.weights])
+        models = fit_trait_models(X_fit, Y_fit, feature_names, config, scale, weights)
         predictions.iloc[test] = models.predict(X[test])
     return predictions
 
@@ -836,10 +916,12 @@ def cross_val_reward_on_predicted_traits(
     inner_splits: int = 5,
     seed: int = 0,
     reward_factory: RewardFactory | None = None,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> RewardCV:
     """Game-grouped CV: per outer fold, fit the trait models on the training games, fit the
     reward on their *cross-fitted* (inner, game-grouped) trait predictions, and score the test
-    games' predicted traits. Nothing of a test game is seen by either model.
+    games' predicted traits. Nothing of a test game is seen by either model. ``folds`` replaces
+    the outer game-grouped folds (e.g. one per AI family); rows in no test fold stay NaN.
     """
     from hal_core.reward import paired_accuracy
 
@@ -848,7 +930,7 @@ def cross_val_reward_on_predicted_traits(
     scores = np.full(len(Y), np.nan)
     predictions = pd.DataFrame(np.nan, index=Y.index, columns=Y.columns)
     selected = []
-    for train, test in grouped_folds(games, n_splits, seed):
+    for train, test in folds if folds is not None else grouped_folds(games, n_splits, seed):
         models = fit_trait_models(X[train], Y.iloc[train], feature_names, config, scale)
         inner = cross_val_traits(
             X[train], Y.iloc[train], games[train], feature_names, config, scale,
@@ -859,11 +941,12 @@ def cross_val_reward_on_predicted_traits(
         predictions.iloc[test] = predicted.to_numpy()
         scores[test] = reward.decision_function(predicted)
         selected.append(list(getattr(reward, "selected_trait_ids_", [])))
+    tested = ~np.isnan(scores)
     return RewardCV(
         scores=scores,
         trait_predictions=predictions,
-        pointwise=float(((scores > 0).astype(int) == is_human).mean()),
-        paired=paired_accuracy(scores, is_human, games),
+        pointwise=float(((scores[tested] > 0).astype(int) == is_human[tested]).mean()),
+        paired=paired_accuracy(scores[tested], is_human[tested], games[tested]),
         selected=selected,
     )
 
@@ -891,6 +974,7 @@ class TrainingSet:
     group_column: str
     rating_rows: pd.DataFrame | None = None
     reward: HLReward | None = None
+    domain: str = DOCTOR_VISIT
 
     @property
     def dialogues(self) -> list[str]:
@@ -903,6 +987,131 @@ class TrainingSet:
     @property
     def groups(self) -> np.ndarray:
         return self.frame[self.group_column].astype(str).to_numpy()
+
+
+@dataclass(frozen=True)
+class LabelledRows:
+    """Parseable, featurized, labelled dialogues of one or more domains, ready to fit."""
+
+    X: np.ndarray
+    labels: pd.DataFrame
+    groups: np.ndarray
+    domains: np.ndarray
+    names: list[str]
+    weights: np.ndarray
+    n_unparseable: int
+    domain_tags: dict[str, SpeakerTags] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def take(self, rows: np.ndarray) -> LabelledRows:
+        """The rows selected by a boolean mask or an index array."""
+        rows = np.asarray(rows)
+        index = np.flatnonzero(rows) if rows.dtype == bool else rows
+        return replace(
+            self,
+            X=self.X[index],
+            labels=self.labels.iloc[index].reset_index(drop=True),
+            groups=self.groups[index],
+            domains=self.domains[index],
+            weights=self.weights[index],
+        )
+
+    def select_columns(self, columns: Sequence[int]) -> LabelledRows:
+        """The same rows with only the feature columns ``columns``."""
+        return replace(self, X=self.X[:, columns], names=[self.names[i] for i in columns])
+
+    def concat(self, other: LabelledRows) -> LabelledRows:
+        if other.names != self.names:
+            raise ValueError("cannot stack feature rows with different feature names")
+        if list(other.labels.columns) != list(self.labels.columns):
+            raise ValueError("cannot stack labels of different trait ids")
+        return LabelledRows(
+            X=np.vstack([self.X, other.X]),
+            labels=pd.concat([self.labels, other.labels], ignore_index=True),
+            groups=np.concatenate([self.groups, other.groups]),
+            domains=np.concatenate([self.domains, other.domains]),
+            names=self.names,
+            weights=np.concatenate([self.weights, other.weights]),
+            n_unparseable=self.n_unparseable + other.n_unparseable,
+            domain_tags={**self.domain_tags, **other.domain_tags},
+        )
+
+    def fit(
+        self,
+        config: TraitRegressorConfig,
+        scale: LikertScale,
+        domain: DomainConfig | None = None,
+        with_domain: bool = True,
+    ) -> TraitModels:
+        """Trait models on these rows, with one out-of-domain reference per domain (in order
+        of appearance) unless told not to."""
+        models = fit_trait_models(
+            self.X,
+            self.labels,
+            self.names,
+            config,
+            scale,
+            self.weights if np.ptp(self.weights) > 0 else None,
+        )
+        if with_domain:
+            weights = block_weight_vector(self.names, config.block_weights)
+            for name in dict.fromkeys(self.domains):
+                rows = self.domains == name
+                models.domains[str(name)] = DomainReference.fit(
+                    self.X[rows], self.groups[rows], domain, weights
+                )
+        return models
+
+
+def labelled_rows(
+    training: TrainingSet,
+    matrix: FeatureMatrix,
+    config: TraitRegressorConfig,
+    trait_ids: Sequence[str] | None = None,
+) -> LabelledRows:
+    """The parseable rows of ``training`` with their labels on ``trait_ids`` (default: the
+    training set's questionnaire), groups (domain-prefixed, so a prompt never matches a game)
+    and sample weights (``config.domain_weights`` x ``n_ratings`` when asked)."""
+    ids = list(trait_ids or training.questionnaire.trait_ids)
+    missing = [t for t in ids if t not in training.frame.columns]
+    if missing:
+        raise ValueError(
+            f"{training.domain} ratings ({training.questionnaire.name}) lack trait ids {missing}"
+        )
+    ok = matrix.ok
+    if len(ok) != len(training.frame):
+        raise ValueError(f"{len(ok)} feature rows for {len(training.frame)} dialogues")
+    frame = training.frame.reset_index(drop=True)[ok].reset_index(drop=True)
+    weights = np.full(len(frame), float(config.domain_weights.get(training.domain, 1.0)))
+    if config.sample_weight == "n_ratings" and "n_ratings" in frame:
+        weights = weights * frame["n_ratings"].to_numpy(float)
+    return LabelledRows(
+        X=matrix.values[ok],
+        labels=frame[ids].astype(float).reset_index(drop=True),
+        groups=(training.domain + ":" + frame[training.group_column].astype(str)).to_numpy(),
+        domains=np.full(len(frame), training.domain, dtype=object),
+        names=list(matrix.names),
+        weights=weights,
+        n_unparseable=int((~ok).sum()),
+        domain_tags={training.domain: training.tags},
+    )
+
+
+def stack_training(
+    parts: Sequence[tuple[TrainingSet, FeatureMatrix]],
+    config: TraitRegressorConfig,
+    trait_ids: Sequence[str],
+) -> LabelledRows:
+    """Several domains' labelled rows on the same trait ids (e.g. doctor's visits + Turing
+    witnesses on the sixteen HAL16Q ids) as one training set."""
+    if not parts:
+        raise ValueError("no training data")
+    stacked = labelled_rows(*parts[0], config, trait_ids)
+    for training, matrix in parts[1:]:
+        stacked = stacked.concat(labelled_rows(training, matrix, config, trait_ids))
+    return stacked
 
 
 @dataclass
@@ -1008,18 +1217,21 @@ def evaluate_hl_judge(
     n_splits: int = 5,
     seed: int = 0,
     style_only: bool = True,
+    extra: Sequence[tuple[TrainingSet, FeatureMatrix]] = (),
 ) -> LocalJudgeReport:
     """HAL16Q protocol: prompt-grouped CV of the trait models, HL through ``training.reward``.
 
-    Reports HL Pearson r against the recorded HL (mean over a dialogue's ratings) and against
-    single ratings, same-prompt pair-order accuracy (recorded HL differs by > 1), per-trait
-    Spearman, near-constant traits, the LLM judge's own test-retest ceiling and the same
-    figures from the style features alone.
+    The folds keep a generator's dialogues on both sides (today's CV: it flatters a judge; the
+    honest figure is :func:`hal_core.transfer.evaluate_generator_transfer`). ``extra`` domains
+    (Turing witnesses) join every fold's training rows. Reports HL Pearson r against the
+    recorded HL (mean over a dialogue's ratings) and against single ratings, same-prompt
+    pair-order accuracy (recorded HL differs by > 1), per-trait Spearman, near-constant traits,
+    the LLM judge's own test-retest ceiling and the same figures from the style features alone.
     """
     if training.reward is None:
         raise ValueError("HL evaluation needs the training set's reward")
     with blas_threads(config.blas_threads):
-        return _evaluate_hl_judge(training, matrix, config, n_splits, seed, style_only)
+        return _evaluate_hl_judge(training, matrix, config, n_splits, seed, style_only, extra)
 
 
 def _evaluate_hl_judge(
@@ -1029,18 +1241,23 @@ def _evaluate_hl_judge(
     n_splits: int,
     seed: int,
     style_only: bool,
+    extra: Sequence[tuple[TrainingSet, FeatureMatrix]],
 ) -> LocalJudgeReport:
     featurized = _FeaturizedRows.select(training, matrix)
     frame, labels, groups = featurized.frame, featurized.labels, featurized.groups
     weights = _sample_weight(frame, config)
     scale = training.questionnaire.scale
+    others = (
+        stack_training(list(extra), config, training.questionnaire.trait_ids) if extra else None
+    )
 
-    def cross_validate(data: _FeaturizedRows) -> pd.DataFrame:
+    def cross_validate(data: _FeaturizedRows, other: LabelledRows | None) -> pd.DataFrame:
         return cross_val_traits(
-            data.X, data.labels, data.groups, data.names, config, scale, n_splits, seed, weights
-        )
+            data.X, data.labels, data.groups, data.names, config, scale, n_splits, seed, weights,
+            other,
+        )  # fmt: skip
 
-    oof = cross_validate(featurized)
+    oof = cross_validate(featurized, others)
     hl = training.reward.score(oof)
     recorded = frame["hal16_score"].to_numpy(float)
     agreement = hl_agreement(hl, recorded, groups)
@@ -1049,6 +1266,7 @@ def _evaluate_hl_judge(
         "cv.hl.pair_accuracy": agreement.pair_accuracy,
         "cv.hl.n_pairs": float(agreement.n_pairs),
         **featurized.size_metrics(n_splits),
+        "n_train_other_domains": float(len(others) if others is not None else 0),
     }
     if training.rating_rows is not None:
         by_text = pd.Series(hl, index=frame["dialogue"])
@@ -1060,7 +1278,11 @@ def _evaluate_hl_judge(
         metrics.update({f"ceiling.hl.{k}": v for k, v in ceiling.items()})
     style_oof = None
     if style_only:
-        style_oof = cross_validate(featurized.style_only())
+        style = featurized.style_only()
+        style_others = (
+            others.select_columns(style_columns(others.names)) if others is not None else None
+        )
+        style_oof = cross_validate(style, style_others)
         style_agreement = hl_agreement(training.reward.score(style_oof), recorded, groups)
         metrics["cv_style_only.hl.pearson"] = style_agreement.pearson
         metrics["cv_style_only.hl.pair_accuracy"] = style_agreement.pair_accuracy
@@ -1160,17 +1382,20 @@ def fit_judge(
     config: TraitRegressorConfig,
     reward: HLReward | None,
     info: Mapping[str, Any] | None = None,
+    extra: Sequence[tuple[TrainingSet, FeatureMatrix]] = (),
+    domain: DomainConfig | None = None,
 ) -> LocalJudge:
-    """The final judge on every parseable dialogue, with ``reward`` attached."""
-    frame = training.frame.reset_index(drop=True)
+    """The final judge on every parseable dialogue of ``training`` and of the ``extra`` domains
+    (rated on ``training``'s trait ids), with ``reward`` attached."""
+    questionnaire = training.questionnaire
+    rows = stack_training([(training, matrix), *extra], config, questionnaire.trait_ids)
     judge = LocalJudge.fit(
-        matrix,
-        frame,
-        training.questionnaire,
+        rows,
+        questionnaire,
         training.tags,
         features,
         config,
-        sample_weight=_sample_weight(frame, config),
+        domain,
         training={"questionnaire_id": training.questionnaire_id, **(info or {})},
     )
     return judge.with_reward(reward)

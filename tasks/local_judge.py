@@ -1,17 +1,18 @@
-"""Tasks of the local-judge stage: assemble recorded ratings, featurize, cross-validate, fit,
-log, and register the judge as the MLflow pyfunc model ``hal-judge-local``.
+"""Tasks of the local-judge stage: assemble recorded ratings, featurize, cross-validate,
+measure transfer, fit, log, and register the judge as the MLflow pyfunc model ``hal-judge-local``.
 
 The pyfunc (:class:`LocalJudgePyfunc`) takes a DataFrame with a ``dialogue`` column (optional
 ``rated_tags`` / ``other_tags`` columns, comma-separated, or ``params={"speakers":
 "doctor_visit"|"turing"}``) and returns one column per trait id, ``hl`` when a reward is
-attached, and ``error`` (the reason a dialogue could not be rated, else empty).
+attached, ``domain_distance`` and ``out_of_domain`` (:mod:`hal_core.domain`), and ``error`` (the
+reason a dialogue could not be rated, else empty).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import mlflow
@@ -23,11 +24,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from hal_core.dialogue import SpeakerTags
+from hal_core.domain import DOMAIN_DISTANCE_COLUMN, OUT_OF_DOMAIN_COLUMN, DomainConfig
 from hal_core.embedding import EmbeddingCache
 from hal_core.features import DialogueFeaturizer, FeatureConfig, FeatureMatrix
 from hal_core.local_judge import (
     HAL16Q_ID,
     HAL32Q_ID,
+    TURING,
     LocalJudge,
     LocalJudgeReport,
     TrainingSet,
@@ -37,13 +40,19 @@ from hal_core.local_judge import (
     evaluate_hl_judge,
     evaluate_reward_judge,
     fit_judge,
-    hal16q_paper_reward,
-    hal16q_published,
+    hal16q_reward,
     turing_witness_rows,
 )
+from hal_core.paper import load_hal16q_published
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings
-from hal_core.tables import read_table
+from hal_core.tables import ratings_by_position, read_table
+from hal_core.transfer import (
+    HeldOutSet,
+    TransferReport,
+    evaluate_family_transfer,
+    evaluate_generator_transfer,
+)
 from tasks import tracking
 from tasks.retries import retry_unless_bad_input
 
@@ -74,8 +83,8 @@ def read_rating_tables(data_dir: Path, pattern: str) -> dict[str, pd.DataFrame]:
 def assemble_hal16q_training(
     tables: Mapping[str, pd.DataFrame], questionnaire_path: Path, weights_path: Path
 ) -> TrainingSet:
-    """HAL16Q: one row per distinct dialogue text with its mean ratings; prompt groups folds."""
-    questionnaire = hal16q_published(questionnaire_path)
+    """HAL16Q: one row per distinct dialogue text with its mean ratings and its generator."""
+    questionnaire = load_hal16q_published(questionnaire_path)
     rows = aligned_rating_rows(tables, questionnaire)
     frame = average_ratings_by_dialogue(rows, questionnaire.trait_ids)
     return TrainingSet(
@@ -85,7 +94,27 @@ def assemble_hal16q_training(
         frame=frame,
         group_column="prompt",
         rating_rows=rows,
-        reward=hal16q_paper_reward(weights_path, questionnaire),
+        reward=hal16q_reward(weights_path),
+    )
+
+
+@task(name="assemble_scored16_test", cache_policy=NO_CACHE)
+def assemble_scored16_test(table: pd.DataFrame, questionnaire_path: Path) -> TrainingSet:
+    """Candidates rated on HAL16Q by another judge (``*scored16*``): an out-of-domain test set
+    (one row per dialogue, persona groups pairs, ``model`` names the generator)."""
+    questionnaire = load_hal16q_published(questionnaire_path)
+    ratings = ratings_by_position(table, "likert_evaluation", questionnaire)
+    keep = [c for c in ("_row", "dialogue_id", "persona_id", "model", "hal16_score") if c in table]
+    frame = pd.concat(
+        [table[[*keep, "dialogue"]].reset_index(drop=True), ratings.reset_index(drop=True)],
+        axis=1,
+    )
+    return TrainingSet(
+        questionnaire_id=HAL16Q_ID,
+        questionnaire=questionnaire,
+        tags=SpeakerTags.doctor_visit(),
+        frame=frame,
+        group_column="persona_id",
     )
 
 
@@ -100,6 +129,7 @@ def assemble_hal32q_training(table: pd.DataFrame, questionnaire_path: Path) -> T
         tags=SpeakerTags.turing(),
         frame=frame,
         group_column="game_id",
+        domain=TURING,
     )
 
 
@@ -123,11 +153,33 @@ def cross_validate_local_judge(
     folds: int,
     seed: int,
     style_only: bool,
+    extra: Sequence[tuple[TrainingSet, FeatureMatrix]] = (),
 ) -> LocalJudgeReport:
-    """Grouped CV: HL agreement (HAL16Q) or human-vs-AI accuracy of a reward (HAL32Q)."""
+    """Grouped CV: HL agreement (HAL16Q; ``extra`` domains in every training fold) or
+    human-vs-AI accuracy of a reward (HAL32Q)."""
     if training.questionnaire_id == HAL16Q_ID:
-        return evaluate_hl_judge(training, matrix, config, folds, seed, style_only)
+        return evaluate_hl_judge(training, matrix, config, folds, seed, style_only, extra)
     return evaluate_reward_judge(training, matrix, config, folds, seed, style_only)
+
+
+@task(name="evaluate_local_judge_transfer", cache_policy=NO_CACHE)
+def evaluate_local_judge_transfer(
+    training: TrainingSet,
+    matrix: FeatureMatrix,
+    config: TraitRegressorConfig,
+    domain: DomainConfig,
+    extra: Sequence[tuple[TrainingSet, FeatureMatrix]] = (),
+    tests: Sequence[tuple[str, TrainingSet, FeatureMatrix]] = (),
+    seed: int = 0,
+) -> TransferReport:
+    """The honest figures: leave-one-generator-out + out-of-domain tests + Turing by family
+    (HAL16Q), or each AI family held out of trait models and reward (HAL32Q)."""
+    if training.questionnaire_id == HAL16Q_ID:
+        held_out = [HeldOutSet(name, test, m, test.group_column) for name, test, m in tests]
+        return evaluate_generator_transfer(
+            training, matrix, config, training.reward, extra, held_out, domain
+        )
+    return evaluate_family_transfer(training, matrix, config, domain, seed=seed)
 
 
 @task(name="fit_local_judge", cache_policy=NO_CACHE)
@@ -139,10 +191,13 @@ def fit_local_judge(
     report: LocalJudgeReport,
     attach_reward: bool,
     info: dict,
+    extra: Sequence[tuple[TrainingSet, FeatureMatrix]] = (),
+    domain: DomainConfig | None = None,
 ) -> LocalJudge:
-    """Fit every trait's regressor on all parseable dialogues; attach the report's reward."""
+    """Fit every trait's regressor on all parseable dialogues (and the ``extra`` domains'),
+    with the out-of-domain reference; attach the report's reward."""
     reward = report.reward if attach_reward else None
-    return fit_judge(training, matrix, features, config, reward, info)
+    return fit_judge(training, matrix, features, config, reward, info, extra, domain)
 
 
 @task(name="save_local_judge", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -162,8 +217,9 @@ def log_local_judge(
     report: LocalJudgeReport,
     judge_folder: Path,
     params: Mapping[str, object],
+    transfer: TransferReport | None = None,
 ) -> None:
-    """Log params, per-trait metrics, CV tables, unparseable dialogues and the judge folder."""
+    """Log params, metrics, CV and transfer tables, unparseable dialogues and the judge folder."""
     judge = LocalJudge.load(judge_folder)
     tracking.log_params(
         run_id,
@@ -174,6 +230,7 @@ def log_local_judge(
             "questionnaire.version": training.questionnaire.version,
             "judge.fingerprint": judge.fingerprint(),
             "reward.version": judge.reward.version if judge.reward else "none",
+            "domains": ",".join(judge.training.get("domains", {})),
         },
     )
     tracking.log_metrics(run_id, report.metrics)
@@ -185,7 +242,11 @@ def log_local_judge(
         report.out_of_fold.to_csv(Path(folder, "out_of_fold_predictions.csv"), index=False)
         keep = [c for c in ("_row", "game_id", "witness", "prompt", "error") if c in unparseable]
         unparseable[[*keep, "dialogue"]].to_csv(Path(folder, "unparseable.csv"), index=False)
-        for name in ("per_trait.csv", "out_of_fold_predictions.csv", "unparseable.csv"):
+        names = ["per_trait.csv", "out_of_fold_predictions.csv", "unparseable.csv"]
+        if transfer is not None:
+            transfer.predictions.to_csv(Path(folder, "transfer_predictions.csv"), index=False)
+            names.append("transfer_predictions.csv")
+        for name in names:
             tracking.log_file(run_id, Path(folder, name), "tables")
     tracking.log_file(run_id, judge_folder, "local_judge")
 
@@ -194,7 +255,8 @@ def log_local_judge(
 
 
 class LocalJudgePyfunc(mlflow.pyfunc.PythonModel):
-    """Rates a DataFrame of dialogues: one column per trait id, ``hl`` with a reward, ``error``."""
+    """Rates a DataFrame of dialogues: one column per trait id, ``hl`` with a reward,
+    ``domain_distance``, ``out_of_domain`` and ``error``."""
 
     def load_context(self, context) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -239,13 +301,15 @@ def _row_tags(row: Mapping[str, object], default: SpeakerTags) -> SpeakerTags:
 
 @task(name="register_local_judge", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def register_local_judge(
-    run_id: str, judge_folder: Path, name: str | None, alias: str | None
+    run_id: str, judge_folder: Path, name: str | None, aliases: str | Sequence[str] | None
 ) -> str | None:
-    """Log the judge as a pyfunc model in the run; register it under ``name`` (and ``alias``)."""
+    """Log the judge as a pyfunc model in the run; register it under ``name`` (and ``aliases``)."""
     judge = LocalJudge.load(judge_folder)
     outputs = [ColSpec("double", trait_id) for trait_id in judge.questionnaire.trait_ids]
     if judge.reward is not None:
         outputs.append(ColSpec("double", "hl"))
+    outputs.append(ColSpec("double", DOMAIN_DISTANCE_COLUMN, required=False))
+    outputs.append(ColSpec("boolean", OUT_OF_DOMAIN_COLUMN, required=False))
     outputs.append(ColSpec("string", "error", required=False))
     signature = ModelSignature(
         inputs=Schema(
@@ -265,6 +329,8 @@ def register_local_judge(
         "trait_ids": judge.questionnaire.trait_ids,
         "fingerprint": judge.fingerprint(),
         "reward_version": judge.reward.version if judge.reward else None,
+        "domains": judge.training.get("domains", {}),
+        "out_of_domain_columns": [DOMAIN_DISTANCE_COLUMN, OUT_OF_DOMAIN_COLUMN],
     }
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = mlflow.pyfunc.log_model(
@@ -293,7 +359,7 @@ def register_local_judge(
     client = MlflowClient()
     for key in ("questionnaire_id", "questionnaire_version", "fingerprint"):
         client.set_model_version_tag(name, version, key, str(metadata[key]))
-    if alias:
+    for alias in [aliases] if isinstance(aliases, str) else aliases or []:
         client.set_registered_model_alias(name, alias, version)
     return version
 

@@ -17,6 +17,7 @@ from hal_core.features import (
     chunk_turns,
     spaced_indices,
     style_features,
+    turn_heads,
 )
 
 DOCTOR = SpeakerTags.doctor_visit()
@@ -136,6 +137,7 @@ def test_style_features_count_what_they_say() -> None:
     values = dict(
         zip(STYLE_FEATURES, style_features(parse_dialogue(text, DOCTOR), vocabulary), strict=True)
     )
+    assert "style.emb_coverage" not in values  # the encoder's budget is not a feature
     assert values["style.log_turns"] == pytest.approx(np.log1p(3))
     assert values["style.lowercase_start_rate"] == pytest.approx(2 / 3)
     assert values["style.emoji_per_turn"] == pytest.approx(1 / 3)
@@ -165,30 +167,51 @@ def test_windows_cover_every_word_piece() -> None:
     assert spaced_indices(2, 5) == [0, 1]
 
 
+def test_turn_heads_keep_each_turns_first_pieces() -> None:
+    turns = ["abcdefghij", "klm", "  "]
+    offsets = [[(i, i + 1) for i in range(10)], [(0, 1), (1, 2), (2, 3)], []]
+    heads = turn_heads(turns, offsets, turn_tokens=4)
+    assert heads == [(0, "abcd", 4, 10), (1, "klm", 3, 3)]  # a turn without pieces is skipped
+
+
 @pytest.mark.slow
-def test_featurizer_chunks_long_turns_caps_encoder_work_and_is_deterministic(tmp_path) -> None:
+def test_featurizer_pools_every_turn_caps_encoder_work_and_is_deterministic(tmp_path) -> None:
     long_turn = " ".join(f"word{i} is here" for i in range(120))  # several hundred pieces
+    many_turns = "\n".join(f"D: Question {i}?\nP: answer number {i}" for i in range(12))
     dialogues = [
         "D: Hi.\nP: short answer\nD: And?\nP: another short one",
         f"D: Tell me everything.\nP: {long_turn}",
         "D: Hello?\nD: Anyone?",
+        many_turns,
     ]
-    full = DialogueFeaturizer(FeatureConfig(max_chunks=None), cache=None)
-    capped = DialogueFeaturizer(FeatureConfig(), cache=None)  # one window of 32 pieces
-    a = capped.transform(dialogues, DOCTOR)
-    b = capped.transform(dialogues, DOCTOR)
+    featurizer = DialogueFeaturizer(FeatureConfig(turn_pooling=("mean", "std")), cache=None)
+    a = featurizer.transform(dialogues, DOCTOR)
+    b = featurizer.transform(dialogues, DOCTOR)
     np.testing.assert_array_equal(a.values, b.values)
-    assert a.errors[2] is not None and np.isnan(a.values[2]).all()
-    coverage = a.names.index("style.emb_coverage")
-    assert a.values[0, coverage] == 1.0 and 0 < a.values[1, coverage] < 0.3
-    assert full.transform(dialogues[1:2], DOCTOR).values[0, coverage] == 1.0
-    embedding = a.values[:2, :384]
-    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-6)
-    assert len(a.names) == a.values.shape[1] == 384 * 2 + len(STYLE_FEATURES)
+    assert a.errors[2] is not None and np.isnan(a.values[2]).all() and np.isnan(a.coverage[2])
+    assert a.coverage[0] == 1.0 and 0 < a.coverage[1] < 0.1  # 16 of several hundred pieces
+    assert a.coverage[3] < 1.0  # 4 of 12 turns encoded
+    assert len(a.names) == a.values.shape[1] == 384 * 3 + len(STYLE_FEATURES)
+    mean = a.values[[0, 1, 3], :384]
+    np.testing.assert_allclose(np.linalg.norm(mean, axis=1), 1.0, atol=1e-6)
+    spread = a.values[:, 384:768]
+    assert (spread[1] == 0).all() and (spread[0] > 0).any()  # one turn has no spread
+
+    # the mean of the turns' own embeddings, each turn embedded alone
+    from hal_core.embedding import embed_texts
+
+    turns = embed_texts(["short answer", "another short one"]).astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(a.values[0, :384], turns / np.linalg.norm(turns), atol=1e-5)
+    every = DialogueFeaturizer(FeatureConfig(max_turns=None), cache=None)
+    assert every.transform(dialogues[3:], DOCTOR).coverage[0] == 1.0
+
+    window = DialogueFeaturizer(FeatureConfig(embedding_unit="window"), cache=None)
+    w = window.transform(dialogues, DOCTOR)
+    assert w.names[0] == "emb.000" and 0 < w.coverage[1] < 0.3
 
     from hal_core.embedding import EmbeddingCache
 
     cached = DialogueFeaturizer(FeatureConfig(), cache=EmbeddingCache(tmp_path / "emb.sqlite"))
     first = cached.transform(dialogues, DOCTOR).values
     np.testing.assert_array_equal(first, cached.transform(dialogues, DOCTOR).values)
-    np.testing.assert_allclose(first[:2], a.values[:2], atol=1e-6)
+    np.testing.assert_allclose(first[[0, 1, 3], :384], a.values[[0, 1, 3], :384], atol=1e-6)
