@@ -13,6 +13,7 @@ comparison table -> log -> register the chosen reward.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow
@@ -30,6 +31,8 @@ from tasks.reward import (
     compare_rewards,
     fit_reward_model,
     fit_shape_reward,
+    headline_metrics,
+    judge_label,
     load_questionnaire,
     load_witnesses,
     log_matching,
@@ -137,14 +140,27 @@ class FitRewardResult(BaseModel):
     metrics: dict[str, float]
 
 
+def judge_files(paths: list[Path]) -> list[Path]:
+    """The judges' ratings files, the fitted one first, each once; names must differ."""
+    unique = list(dict.fromkeys(path.resolve() for path in paths))
+    labels = [judge_label(path) for path in unique]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(
+            f"judges {repeated} come from more than one ratings file ({unique}): the judge "
+            "name is the file name without its ratings<N>_ prefix, and must be unique"
+        )
+    return unique
+
+
 @flow(name="fit_reward", log_prints=True)
 def fit_reward(params: FitRewardParams | None = None) -> FitRewardResult:
     """Fit the interpretable HL rewards on trait ratings of human and AI witnesses."""
     params = params or FitRewardParams()
     settings = get_settings()
-    ratings_paths = [
-        settings.input_path(f) for f in [params.ratings_file, *params.cross_judge_files]
-    ]
+    ratings_paths = judge_files(
+        [settings.input_path(f) for f in [params.ratings_file, *params.cross_judge_files]]
+    )
     questionnaire_path = settings.input_path(params.questionnaire_file)
     reference_path = settings.input_path(params.reference_questionnaire_file)
     conversations_path = (
@@ -227,13 +243,7 @@ def fit_reward(params: FitRewardParams | None = None) -> FitRewardResult:
             registered = register_reward(
                 run_id, chosen, reward_path, params.register_as, params.alias or None
             )
-        metrics = fit.metrics()
-        main_rows = comparison[comparison.judge == main.judge]
-        for model in ("shape", "hgb"):
-            row = main_rows[main_rows.model == model].iloc[0]
-            metrics[f"{model}.cv_grouped.accuracy"] = float(row.cv_grouped_accuracy)
-            metrics[f"{model}.paired.accuracy"] = float(row.paired_accuracy)
-        metrics["stability.n_stable"] = float(len(stable))
+        metrics = headline_metrics(fit, comparison, main.judge, stable)
         tracking.log_metrics(run_id, metrics)
         print(f"reward {params.reward_kind} {chosen.version} ({' '.join(chosen.trait_ids)})")
         print(comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -31,11 +31,12 @@ class StabilityConfig(BaseModel):
     n_bootstraps: int = Field(default=100, ge=1, description="Game-level bootstraps per judge.")
     seed: int = Field(default=0, description="Seed of the bootstrap draws (shared by judges).")
     threshold: float = Field(
-        default=0.7,
+        default=0.6,
         gt=0,
         le=1,
         description="A trait is stable when its selection probability reaches this for every "
-        "judge.",
+        "judge (0.6, the low end of Meinshausen and Buehlmann's 0.6-0.9: requiring it of every "
+        "judge is already strict).",
     )
     C: float = Field(default=1.0, gt=0, description="Inverse L1 strength of each bootstrap fit.")
     selection_threshold: float = Field(

@@ -243,6 +243,20 @@ def compare_rewards(
     return table.drop(columns=["_order", "_model"]).reset_index(drop=True)
 
 
+def headline_metrics(
+    fit: reward_core.RewardFit, comparison: pd.DataFrame, judge: str, stable: list[str]
+) -> dict[str, float]:
+    """The L1 reward's metrics plus the glass box's and the black box's on the fitted judge."""
+    metrics = fit.metrics()
+    rows = comparison[comparison.judge == judge]
+    for model in ("shape", "hgb"):
+        row = rows[rows.model == model].iloc[0]
+        metrics[f"{model}.cv_grouped.accuracy"] = float(row.cv_grouped_accuracy)
+        metrics[f"{model}.paired.accuracy"] = float(row.paired_accuracy)
+    metrics["stability.n_stable"] = float(len(stable))
+    return metrics
+
+
 # ------------------------------------------------------------------------------- logging
 
 
