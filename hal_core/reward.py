@@ -1,9 +1,12 @@
-"""The human-likeness (HL) reward: an L1 logistic regression over trait ratings, keyed by trait id.
+"""The human-likeness (HL) reward: a bias plus one contribution per trait, keyed by trait id.
 
-``TraitLogisticRegression`` is a scikit-learn estimator (``fit``/``decision_function``, fitted
-attributes end in ``_``) that fits all traits, keeps those with ``|w| > selection_threshold``
-and refits on them. ``HLReward`` is its exported, versioned artifact. ``fit_reward`` runs the
-three evaluation protocols and returns everything a report needs.
+``HLReward`` is the exported, versioned artifact, of two kinds: *linear* (a weight per trait,
+the paper's) or *shape* (a contribution per rating level, see :mod:`hal_core.shape_reward`).
+Both score through :meth:`HLReward.contributions`, which refuses ratings that are missing,
+not numbers or off the scale, naming the row and column. ``TraitLogisticRegression`` is the
+paper's estimator (``fit``/``decision_function``, fitted attributes end in ``_``): it fits all
+traits, keeps those with ``|w| > selection_threshold`` and refits on them. ``fit_reward`` runs
+the three evaluation protocols and returns everything a report needs.
 """
 
 from __future__ import annotations
@@ -442,16 +445,19 @@ def paired_accuracy(scores: np.ndarray, is_human: np.ndarray, game_ids: np.ndarr
 def row_kfold_accuracies(
     X: pd.DataFrame, y: np.ndarray, C: float, folds: int, seeds: Sequence[int]
 ) -> np.ndarray:
-    """The paper's protocol: mean accuracy of KFold(shuffle) over rows, once per seed."""
+    """The paper's protocol: mean accuracy of KFold(shuffle) over rows, once per seed.
+
+    A repeated seed (the published list has four) repeats its figure without refitting.
+    """
     values = X.to_numpy(float)
-    accuracies = []
-    for seed in seeds:
+    by_seed: dict[int, float] = {}
+    for seed in dict.fromkeys(seeds):
         fold_scores = []
         for train, test in KFold(folds, shuffle=True, random_state=seed).split(values):
             model = _fit_l1(values[train], y[train], C)
             fold_scores.append(model.score(values[test], y[test]))
-        accuracies.append(float(np.mean(fold_scores)))
-    return np.asarray(accuracies)
+        by_seed[seed] = float(np.mean(fold_scores))
+    return np.asarray([by_seed[seed] for seed in seeds])
 
 
 def grouped_out_of_fold_scores(

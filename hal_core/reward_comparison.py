@@ -127,13 +127,15 @@ def compare_candidates(
         for candidate in candidates.get(judge, ()):
             X = witnesses[list(candidate.trait_ids)]
             scores = out_of_fold_scores(candidate.make, X, y, groups, folds)
-            full = _fit(candidate.make(), X, y, groups)
+            n_traits = len(candidate.trait_ids)
+            if candidate.selection == SELECTION_IN_FOLDS:  # how many a fit on all rows keeps
+                n_traits = n_traits_used(_fit(candidate.make(), X, y, groups), candidate.trait_ids)
             rows.append(
                 {
                     "judge": judge,
                     "model": candidate.model,
                     "trait_set": candidate.trait_set,
-                    "n_traits": n_traits_used(full, candidate.trait_ids),
+                    "n_traits": n_traits,
                     "selection": candidate.selection,
                     "cv_grouped_accuracy": float(((scores > 0).astype(int) == y).mean()),
                     "paired_accuracy": paired_accuracy(scores, y, groups),

@@ -58,6 +58,23 @@ def test_scores_do_not_depend_on_column_order():
     )
 
 
+def test_renamed_traits_give_the_same_linear_reward_by_id():
+    data = _synthetic()
+    renamed = {"t01": "t09", "t02": "t03", "t03": "t01", "t04": "t02"}
+    model = TraitLogisticRegression().fit(data[list(renamed)], data["is_human"])
+    other = TraitLogisticRegression().fit(
+        data[list(renamed)].rename(columns=renamed), data["is_human"]
+    )
+    assert sorted(other.selected_trait_ids_) == sorted(
+        renamed[t] for t in model.selected_trait_ids_
+    )
+    # liblinear visits columns in id order, so a renaming moves weights within its tolerance
+    for old, new in renamed.items():
+        assert other.full_coef_[new] == pytest.approx(model.full_coef_[old], abs=1e-2)
+    for old in model.selected_trait_ids_:
+        assert other.coef_[renamed[old]] == pytest.approx(model.coef_[old], abs=1e-2)
+
+
 def test_reward_json_round_trip_and_missing_trait(tmp_path):
     reward = HLReward(weights={"t02": 1.5, "t01": -0.5}, bias=0.25)
     loaded = HLReward.load(reward.save(tmp_path / "reward.json"))
