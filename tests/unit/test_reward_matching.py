@@ -84,13 +84,13 @@ def test_matched_witnesses_are_keyed_by_derived_ids_and_no_match_is_an_error():
 # Derived-style rewordings of HAL32Q traits (as derive_traits writes them) and two traits no
 # HAL32Q statement covers. Ids are shuffled against HAL32Q's.
 DERIVED_TEXTS = {
-    "t01": "Uses casual slang and lowercase texting style.",
+    "t01": "Uses casual texting style with lowercase and small typos.",
     "t02": "Discusses the tax code of medieval Venice in detail.",
     "t03": "Shows minor typos and informal grammar.",
     "t04": "Shows reciprocity by asking the other person a question.",
     "t05": "Shifts topics organically, sometimes with minimal one-word prompts.",
     "t06": "Recites prime numbers when greeted.",
-    "t07": "Uses casual slang and shorthand naturally and consistently.",
+    "t07": "Avoids formal, textbook phrasing or technical formatting.",
 }
 
 
