@@ -216,7 +216,7 @@ def fit_reward(params: FitRewardParams | None = None) -> FitRewardResult:
 
         stability = select_stable_traits(judges, questionnaire.trait_ids, params.stability)
         stable = stable_set(stability, params.stability.threshold)
-        log_stability(run_id, stability, stable, params.stability)
+        log_stability(run_id, stability, stable, params.stability, questionnaire)
         comparison = compare_rewards(
             judges,
             questionnaire,

@@ -129,7 +129,7 @@ def load_witnesses(
     return JudgeWitnesses(judge, matched_witnesses(witnesses, matching), witnesses, counts)
 
 
-@task(name="fit_reward_model")
+@task(name="fit_reward_model", cache_policy=NO_CACHE)
 def fit_reward_model(
     witnesses: pd.DataFrame, questionnaire: Questionnaire, config: reward_core.RewardConfig
 ) -> reward_core.RewardFit:
@@ -138,7 +138,7 @@ def fit_reward_model(
     return reward_core.fit_reward(witnesses, questionnaire.trait_ids, config, scale)
 
 
-@task(name="fit_shape_reward")
+@task(name="fit_shape_reward", cache_policy=NO_CACHE)
 def fit_shape_reward(
     witnesses: pd.DataFrame, questionnaire: Questionnaire, config: ShapeConfig
 ) -> ShapeRewardRegression:
@@ -152,7 +152,7 @@ def fit_shape_reward(
     )
 
 
-@task(name="select_stable_traits")
+@task(name="select_stable_traits", cache_policy=NO_CACHE)
 def select_stable_traits(
     judges: list[JudgeWitnesses], trait_ids: list[str], config: StabilityConfig
 ) -> pd.DataFrame:
@@ -172,7 +172,7 @@ def comparison_candidates(
     """What the comparison evaluates for one judge, by witness table (reward or reference)."""
     C, threshold = reward_config.C, reward_config.selection_threshold
     scale = (questionnaire.scale.min, questionnaire.scale.max)
-    own = "hal32q" if judge.reference is judge.witnesses else "derived"
+    own = "hal32q" if questionnaire.version == reference.version else "derived"
     ids = tuple(questionnaire.trait_ids)
 
     def l1(selection: float | None):
@@ -207,7 +207,7 @@ def comparison_candidates(
     return by_table
 
 
-@task(name="compare_rewards")
+@task(name="compare_rewards", cache_policy=NO_CACHE)
 def compare_rewards(
     judges: list[JudgeWitnesses],
     questionnaire: Questionnaire,
@@ -293,7 +293,7 @@ def _log_tables(run_id: str, tables: dict[str, pd.DataFrame], folder: str | None
             tracking.log_file(run_id, Path(directory, name), folder)
 
 
-@task(name="log_reward_fit")
+@task(name="log_reward_fit", cache_policy=NO_CACHE)
 def log_reward_fit(
     run_id: str,
     fit: reward_core.RewardFit,
@@ -390,7 +390,7 @@ def _contribution_plots(
     plt.close(figure)
 
 
-@task(name="log_shape_reward")
+@task(name="log_shape_reward", cache_policy=NO_CACHE)
 def log_shape_reward(
     run_id: str,
     model: ShapeRewardRegression,
@@ -423,11 +423,11 @@ def log_shape_reward(
         tracking.log_file(run_id, directory, "plots/contributions")
 
 
-def _heatmap(table: pd.DataFrame, threshold: float, stable: list[str]):
-    figure, axis = plt.subplots(figsize=(1.6 * table.shape[1] + 2.5, 0.28 * len(table) + 1.5))
+def _heatmap(table: pd.DataFrame, threshold: float, stable: list[str], texts: dict[str, str]):
+    figure, axis = plt.subplots(figsize=(1.6 * table.shape[1] + 5, 0.28 * len(table) + 1.5))
     image = axis.imshow(table.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1)
     axis.set_xticks(range(table.shape[1]), table.columns)
-    labels = [f"{t} *" if t in stable else t for t in table.index]
+    labels = [f"{texts.get(t, '')[:45]}  {t}{' *' if t in stable else ''}" for t in table.index]
     axis.set_yticks(range(len(table)), labels)
     for (row, column), value in np.ndenumerate(table.to_numpy()):
         axis.text(
@@ -444,9 +444,13 @@ def _heatmap(table: pd.DataFrame, threshold: float, stable: list[str]):
     return figure
 
 
-@task(name="log_stability")
+@task(name="log_stability", cache_policy=NO_CACHE)
 def log_stability(
-    run_id: str, table: pd.DataFrame, stable: list[str], config: StabilityConfig
+    run_id: str,
+    table: pd.DataFrame,
+    stable: list[str],
+    config: StabilityConfig,
+    questionnaire: Questionnaire,
 ) -> None:
     """The selection-probability table (trait x judge), its heatmap and the stable set."""
     tracking.log_params(
@@ -466,15 +470,20 @@ def log_stability(
     }
     metrics["stability.n_stable"] = float(len(stable))
     tracking.log_metrics(run_id, metrics)
-    frame = table.reset_index().assign(stable=lambda f: f.trait_id.isin(stable))
+    texts = questionnaire.texts()
+    frame = table.reset_index().assign(
+        stable=lambda f: f.trait_id.isin(stable), text=lambda f: f.trait_id.map(texts)
+    )
     _log_tables(run_id, {"selection_probability.csv": frame}, "tables")
     tracking.log_json(run_id, frame.to_dict(orient="records"), "tables/selection_probability.json")
     tracking.log_figure(
-        run_id, _heatmap(table, config.threshold, stable), "plots/selection_probability.png"
+        run_id,
+        _heatmap(table, config.threshold, stable, texts),
+        "plots/selection_probability.png",
     )
 
 
-@task(name="log_matching")
+@task(name="log_matching", cache_policy=NO_CACHE)
 def log_matching(run_id: str, matching: TraitMatching) -> None:
     """Which derived trait took which HAL32Q trait's ratings, and which were left out."""
     tracking.log_params(
@@ -498,7 +507,7 @@ def comparison_metric_key(row: pd.Series, column: str) -> str:
     return f"compare.{row.judge}.{row.model}.{row.trait_set}.{column}"
 
 
-@task(name="log_reward_comparison")
+@task(name="log_reward_comparison", cache_policy=NO_CACHE)
 def log_reward_comparison(run_id: str, table: pd.DataFrame) -> None:
     """``reward_comparison.csv`` + ``.json`` and one metric per cell of accuracy."""
     _log_tables(run_id, {f"{COMPARISON_ARTIFACT}.csv": table}, None)
@@ -517,7 +526,7 @@ def load_reward_comparison(run_id: str) -> pd.DataFrame:
         return pd.DataFrame(json.loads(Path(path).read_text()))
 
 
-@task(name="save_reward")
+@task(name="save_reward", cache_policy=NO_CACHE)
 def save_reward(
     run_id: str,
     rewards: dict[str, reward_core.HLReward],
