@@ -39,6 +39,12 @@ def reward_signature(reward: HLReward) -> ModelSignature:
     )
 
 
+def reward_input_example(reward: HLReward) -> pd.DataFrame:
+    """One witness rated at the middle of the scale on every trait the reward reads."""
+    middle = (reward.scale[0] + reward.scale[1]) // 2
+    return pd.DataFrame([dict.fromkeys(reward.trait_ids, middle)])
+
+
 def log_reward_model(
     reward: HLReward, reward_path: str, registered_name: str | None, alias: str | None
 ) -> str | None:
@@ -48,6 +54,7 @@ def log_reward_model(
         python_model=RewardPyfunc(),
         artifacts={REWARD_ARTIFACT_KEY: reward_path},
         signature=reward_signature(reward),
+        input_example=reward_input_example(reward),
         registered_model_name=registered_name,
         pip_requirements=["mlflow", "pandas", "numpy", "scikit-learn", "pydantic"],
         metadata={

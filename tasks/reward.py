@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -135,7 +136,10 @@ def fit_reward_model(
 ) -> reward_core.RewardFit:
     """Fit the L1 logistic reward and evaluate it three ways."""
     scale = (questionnaire.scale.min, questionnaire.scale.max)
-    return reward_core.fit_reward(witnesses, questionnaire.trait_ids, config, scale)
+    fit = reward_core.fit_reward(witnesses, questionnaire.trait_ids, config, scale)
+    # which questionnaire the ids belong to: a derived one numbers its traits t01.. too
+    source = {"questionnaire": questionnaire.name, "questionnaire_version": questionnaire.version}
+    return dataclasses.replace(fit, reward=dataclasses.replace(fit.reward, metadata=source))
 
 
 @task(name="fit_shape_reward", cache_policy=NO_CACHE)

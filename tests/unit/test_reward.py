@@ -247,3 +247,21 @@ def test_shape_reward_file_that_breaks_a_rule_names_the_key(tmp_path, payload, k
     path.write_text(json.dumps(payload))
     with pytest.raises(RewardFileError, match=rf"{path}: key '{re.escape(key)}'"):
         HLReward.load(path)
+
+
+def test_hal_score_stops_on_a_nan_reward_or_an_off_scale_rating(tmp_path):
+    from flows.scoring import score_file
+
+    ratings = tmp_path / "ratings.csv"
+    pd.DataFrame({"t01": [1, 3], "t02": [5, 2]}).to_csv(ratings, index=False)
+    broken = tmp_path / "reward.json"
+    broken.write_text('{"weights": {"t01": NaN, "t02": 1.0}, "bias": 0.0}')
+    with pytest.raises(RewardFileError, match=rf"{broken}: key 'weights.t01'"):
+        score_file(ratings, str(broken))
+    good = HLReward(shapes={"t01": (0, 1, 2, 3, 4.0), "t02": (0, 0, 1, 1, 1.0)}, bias=0.5)
+    path = good.save(tmp_path / "shape.json")
+    scored = pd.read_csv(score_file(ratings, str(path)))
+    np.testing.assert_allclose(scored["hl"], [0.5 + 0 + 1, 0.5 + 2 + 0])
+    pd.DataFrame({"t01": [1, 7], "t02": [5, 2]}).to_csv(ratings, index=False)
+    with pytest.raises(RatingsError, match=rf"{ratings}: row 2 column t01: 7 is off the rating"):
+        score_file(ratings, str(path))
