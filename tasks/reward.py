@@ -1,8 +1,12 @@
-"""Tasks of the reward stage: load inputs, fit, log to MLflow, register."""
+"""Tasks of the reward stage: load witnesses, fit, compare, log to MLflow, register."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -12,17 +16,42 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from hal_core import reward as reward_core
+from hal_core.embedding import EMBEDDING_MODEL, EmbeddingCache
 from hal_core.questionnaire import Questionnaire
-from hal_core.tables import read_table
+from hal_core.reward_comparison import (
+    SELECTION_FIXED,
+    SELECTION_IN_FOLDS,
+    SELECTION_NONE,
+    Candidate,
+    GradientBoostedTraits,
+    compare_candidates,
+)
+from hal_core.reward_inputs import RatingsSource, rated_witnesses
+from hal_core.settings import HalSettings
+from hal_core.shape_reward import ShapeConfig, ShapeRewardRegression
+from hal_core.stability import StabilityConfig, stability_table
+from hal_core.tables import read_table, witness_ratings
+from hal_core.trait_matching import (
+    TraitMatching,
+    embed_questionnaire,
+    match_traits,
+    matched_witnesses,
+)
 from tasks import tracking
 from tasks.registry import log_reward_model
 from tasks.retries import retry_unless_bad_input
+from tasks.validation import Policy, validate_dataset
+
+COMPARISON_ARTIFACT = "reward_comparison"
+"""``reward_comparison.csv`` and ``.json`` at the root of a fit_reward run's artifacts."""
 
 
-@task(name="load_questionnaire")
+@task(name="load_questionnaire", cache_policy=NO_CACHE)
 def load_questionnaire(path: Path) -> Questionnaire:
     """Read a questionnaire JSON."""
     return Questionnaire.load(path)
@@ -39,12 +68,206 @@ def load_table(path: Path) -> pd.DataFrame:
     return read_table(path)
 
 
-@task(name="fit_reward_model")
+def judge_label(path: str | Path) -> str:
+    """A judge's name from its ratings file: ``ratings32_gpt-5.csv`` -> ``gpt-5``."""
+    return re.sub(r"^ratings\d+_", "", Path(path).stem)
+
+
+@dataclass
+class JudgeWitnesses:
+    """One judge's witnesses keyed by the reward's trait ids, and by HAL32Q ids when known."""
+
+    judge: str
+    witnesses: pd.DataFrame
+    reference: pd.DataFrame | None
+    counts: dict[str, int]
+
+
+@task(name="match_questionnaire", cache_policy=NO_CACHE)
+def match_questionnaire(
+    derived: Questionnaire, reference: Questionnaire, threshold: float, settings: HalSettings
+) -> TraitMatching:
+    """Match derived traits to reference traits by MiniLM cosine (embeddings cached, offline)."""
+    cache = EmbeddingCache(
+        settings.home_dir / "cache" / "embeddings.sqlite", model_name=f"{EMBEDDING_MODEL}:single"
+    )
+    return match_traits(
+        derived,
+        reference,
+        embed_questionnaire(derived, cache),
+        embed_questionnaire(reference, cache),
+        threshold,
+    )
+
+
+@task(name="load_witnesses", cache_policy=NO_CACHE)
+def load_witnesses(
+    ratings_path: Path,
+    source: RatingsSource,
+    questionnaire: Questionnaire,
+    reference: Questionnaire,
+    matching: TraitMatching | None,
+    conversations_path: Path | None,
+    conversation_id_column: str,
+    policy: Policy,
+    settings: HalSettings,
+    run_id: str,
+) -> JudgeWitnesses:
+    """A judge's ratings as witnesses, read the way ``source`` says (validated on the way)."""
+    table = read_table(ratings_path)
+    judge = judge_label(ratings_path)
+    if source == "rated":
+        if conversations_path is None:
+            raise ValueError("ratings_source 'rated' needs the rated conversations table")
+        rated = rated_witnesses(
+            table, read_table(conversations_path), questionnaire, conversation_id_column
+        )
+        return JudgeWitnesses(judge, rated.witnesses, None, rated.counts)
+    lists = questionnaire if source == "recorded" else reference
+    report = validate_dataset(table, f"turing_ratings{len(lists.traits)}", policy, settings, run_id)
+    witnesses = witness_ratings(report.valid, lists)
+    witnesses.attrs["source"] = str(ratings_path)
+    counts = {"witnesses.rated": len(witnesses), "games.kept": int(witnesses.game_id.nunique())}
+    if source == "recorded":
+        same = questionnaire.version == reference.version
+        return JudgeWitnesses(judge, witnesses, witnesses if same else None, counts)
+    if matching is None:
+        raise ValueError("ratings_source 'matched_to_hal32q' needs a trait matching")
+    return JudgeWitnesses(judge, matched_witnesses(witnesses, matching), witnesses, counts)
+
+
+@task(name="fit_reward_model", cache_policy=NO_CACHE)
 def fit_reward_model(
     witnesses: pd.DataFrame, questionnaire: Questionnaire, config: reward_core.RewardConfig
 ) -> reward_core.RewardFit:
     """Fit the L1 logistic reward and evaluate it three ways."""
-    return reward_core.fit_reward(witnesses, questionnaire.trait_ids, config)
+    scale = (questionnaire.scale.min, questionnaire.scale.max)
+    fit = reward_core.fit_reward(witnesses, questionnaire.trait_ids, config, scale)
+    # which questionnaire the ids belong to: a derived one numbers its traits t01.. too
+    source = {"questionnaire": questionnaire.name, "questionnaire_version": questionnaire.version}
+    return dataclasses.replace(fit, reward=dataclasses.replace(fit.reward, metadata=source))
+
+
+@task(name="fit_shape_reward", cache_policy=NO_CACHE)
+def fit_shape_reward(
+    witnesses: pd.DataFrame, questionnaire: Questionnaire, config: ShapeConfig
+) -> ShapeRewardRegression:
+    """Fit the glass-box reward (a shape per trait) on every witness."""
+    scale = (questionnaire.scale.min, questionnaire.scale.max)
+    model = ShapeRewardRegression.from_config(config, scale)
+    return model.fit(
+        witnesses[questionnaire.trait_ids],
+        witnesses["is_human"].to_numpy(int),
+        groups=witnesses["game_id"].to_numpy(),
+    )
+
+
+@task(name="select_stable_traits", cache_policy=NO_CACHE)
+def select_stable_traits(
+    judges: list[JudgeWitnesses], trait_ids: list[str], config: StabilityConfig
+) -> pd.DataFrame:
+    """Selection probability of every trait (rows) under every judge's ratings (columns)."""
+    return stability_table({j.judge: j.witnesses for j in judges}, trait_ids, config)
+
+
+def comparison_candidates(
+    judge: JudgeWitnesses,
+    questionnaire: Questionnaire,
+    reference: Questionnaire,
+    stable_ids: list[str],
+    paper_ids: list[str],
+    reward_config: reward_core.RewardConfig,
+    shape_config: ShapeConfig,
+) -> dict[str, list[Candidate]]:
+    """What the comparison evaluates for one judge, by witness table (reward or reference)."""
+    C, threshold = reward_config.C, reward_config.selection_threshold
+    scale = (questionnaire.scale.min, questionnaire.scale.max)
+    own = "hal32q" if questionnaire.version == reference.version else "derived"
+    ids = tuple(questionnaire.trait_ids)
+
+    def l1(selection: float | None):
+        return lambda: reward_core.TraitLogisticRegression(C=C, selection_threshold=selection)
+
+    by_table: dict[str, list[Candidate]] = {"reward": [], "reference": []}
+    if judge.reference is not None:
+        by_table["reference"] += [
+            Candidate(
+                "l1", "hal32q", tuple(reference.trait_ids), l1(threshold), SELECTION_IN_FOLDS
+            ),
+            Candidate("l1", "paper16", tuple(paper_ids), l1(None), SELECTION_FIXED),
+        ]
+    if own == "derived":
+        by_table["reward"].append(
+            Candidate("l1", "derived", ids, l1(threshold), SELECTION_IN_FOLDS)
+        )
+    if stable_ids:
+        by_table["reward"].append(
+            Candidate("l1", f"stable_{own}", tuple(stable_ids), l1(None), SELECTION_FIXED)
+        )
+    by_table["reward"] += [
+        Candidate(
+            "shape",
+            own,
+            ids,
+            lambda: ShapeRewardRegression.from_config(shape_config, scale),
+            SELECTION_NONE,
+        ),
+        Candidate("hgb", own, ids, GradientBoostedTraits, SELECTION_NONE),
+    ]
+    return by_table
+
+
+@task(name="compare_rewards", cache_policy=NO_CACHE)
+def compare_rewards(
+    judges: list[JudgeWitnesses],
+    questionnaire: Questionnaire,
+    reference: Questionnaire,
+    stable_ids: list[str],
+    paper_ids: list[str],
+    reward_config: reward_core.RewardConfig,
+    shape_config: ShapeConfig,
+) -> pd.DataFrame:
+    """Every candidate on every judge, on the same game-grouped folds per judge."""
+    parts = []
+    for judge in judges:
+        candidates = comparison_candidates(
+            judge, questionnaire, reference, stable_ids, paper_ids, reward_config, shape_config
+        )
+        tables = {"reward": judge.witnesses, "reference": judge.reference}
+        for name, listed in candidates.items():
+            if listed:
+                parts.append(
+                    compare_candidates(
+                        {judge.judge: tables[name]},
+                        {judge.judge: listed},
+                        reward_config.cv_folds,
+                        reward_config.grouped_cv_seed,
+                    )
+                )
+    table = pd.concat(parts, ignore_index=True)
+    order = {"hal32q": 0, "paper16": 1, "derived": 2}
+    table["_order"] = [order.get(t, 3) for t in table.trait_set]
+    model_order = {"l1": 0, "shape": 1, "hgb": 2}
+    table["_model"] = table.model.map(model_order)
+    table = table.sort_values(["judge", "_model", "_order"], kind="stable")
+    return table.drop(columns=["_order", "_model"]).reset_index(drop=True)
+
+
+def headline_metrics(
+    fit: reward_core.RewardFit, comparison: pd.DataFrame, judge: str, stable: list[str]
+) -> dict[str, float]:
+    """The L1 reward's metrics plus the glass box's and the black box's on the fitted judge."""
+    metrics = fit.metrics()
+    rows = comparison[comparison.judge == judge]
+    for model in ("shape", "hgb"):
+        row = rows[rows.model == model].iloc[0]
+        metrics[f"{model}.cv_grouped.accuracy"] = float(row.cv_grouped_accuracy)
+        metrics[f"{model}.paired.accuracy"] = float(row.paired_accuracy)
+    metrics["stability.n_stable"] = float(len(stable))
+    return metrics
+
+
+# ------------------------------------------------------------------------------- logging
 
 
 def _weights_figure(fit: reward_core.RewardFit, questionnaire: Questionnaire):
@@ -73,7 +296,14 @@ def _score_histogram(scores: np.ndarray, is_human: np.ndarray, title: str):
     return figure
 
 
-@task(name="log_reward_fit")
+def _log_tables(run_id: str, tables: dict[str, pd.DataFrame], folder: str | None) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        for name, table in tables.items():
+            table.to_csv(Path(directory, name), index=False)
+            tracking.log_file(run_id, Path(directory, name), folder)
+
+
+@task(name="log_reward_fit", cache_policy=NO_CACHE)
 def log_reward_fit(
     run_id: str,
     fit: reward_core.RewardFit,
@@ -94,7 +324,7 @@ def log_reward_fit(
             "questionnaire.name": questionnaire.name,
             "questionnaire.version": questionnaire.version,
             "selected_trait_ids": " ".join(fit.selected_trait_ids),
-            "reward.version": fit.reward.version,
+            "reward.linear.version": fit.reward.version,
         },
     )
     metrics = dict(fit.metrics())
@@ -120,31 +350,212 @@ def log_reward_fit(
     scored = witnesses[["_row", "game_id", "witness", "is_human"]].assign(
         hl=fit.train_scores, hl_grouped_cv=fit.grouped_scores
     )
-    with tempfile.TemporaryDirectory() as folder:
-        scored.to_csv(Path(folder, "witness_scores.csv"), index=False)
-        pd.DataFrame(
-            {"trait_id": list(fit.full_weights), "weight_full": list(fit.full_weights.values())}
-        ).assign(
-            weight_selected=lambda f: f.trait_id.map(fit.reward.weights),
-            text=lambda f: f.trait_id.map(questionnaire.texts()),
-        ).to_csv(Path(folder, "trait_weights.csv"), index=False)
-        tracking.log_file(run_id, Path(folder, "witness_scores.csv"), "tables")
-        tracking.log_file(run_id, Path(folder, "trait_weights.csv"), "tables")
+    ranges = fit.reward.contribution_ranges()
+    weights = pd.DataFrame(
+        {"trait_id": list(fit.full_weights), "weight_full": list(fit.full_weights.values())}
+    ).assign(
+        weight_selected=lambda f: f.trait_id.map(fit.reward.weights),
+        contribution_range=lambda f: f.trait_id.map(ranges),
+        text=lambda f: f.trait_id.map(questionnaire.texts()),
+    )
+    _log_tables(run_id, {"witness_scores.csv": scored, "trait_weights.csv": weights}, "tables")
 
 
-@task(name="save_reward")
+def _contribution_plots(
+    shapes: pd.DataFrame, texts: dict[str, str], witnesses: pd.DataFrame, folder: Path
+) -> None:
+    """``<trait id>.png`` per trait: its contribution per rating level, over how many human
+    and AI witnesses gave each level. One figure is redrawn for every trait (it is faster)."""
+    levels = shapes.columns.to_numpy(int)
+    is_human = witnesses["is_human"].to_numpy(int)
+    low, high = float(shapes.to_numpy().min()), float(shapes.to_numpy().max())
+    margin = 0.05 * (high - low or 1.0)
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    figure.subplots_adjust(left=0.16, right=0.84, bottom=0.15, top=0.9)
+    counts = axis.twinx()
+    for trait_id in shapes.index:
+        axis.clear()
+        counts.clear()
+        counts.yaxis.tick_right()
+        counts.yaxis.set_label_position("right")
+        ratings = witnesses[trait_id].to_numpy()
+        for offset, label, mask, color in (
+            (-0.19, "human", is_human == 1, "tab:green"),
+            (0.19, "AI", is_human == 0, "tab:red"),
+        ):
+            count = [(ratings[mask] == level).sum() for level in levels]
+            counts.bar(levels + offset, count, 0.38, color=color, alpha=0.25, label=label)
+        counts.set_ylabel("witnesses at this rating")
+        counts.legend(loc="upper left", fontsize=7, frameon=False)
+        axis.plot(levels, shapes.loc[trait_id].to_numpy(), "o-", color="tab:blue", zorder=3)
+        axis.axhline(0, color="black", linewidth=0.6)
+        axis.set_ylim(low - margin, high + margin)  # one scale: plots compare at a glance
+        axis.set_zorder(counts.get_zorder() + 1)
+        axis.patch.set_visible(False)
+        axis.set_xticks(levels)
+        axis.set_xlabel("rating")
+        axis.set_ylabel("contribution to HL")
+        axis.set_title(f"{trait_id}: {texts[trait_id][:60]}", fontsize=9)
+        figure.savefig(folder / f"{trait_id}.png", dpi=80)
+    plt.close(figure)
+
+
+@task(name="log_shape_reward", cache_policy=NO_CACHE)
+def log_shape_reward(
+    run_id: str,
+    model: ShapeRewardRegression,
+    questionnaire: Questionnaire,
+    witnesses: pd.DataFrame,
+) -> None:
+    """Every trait's shape as metrics, a table and one contribution plot per trait."""
+    reward = model.to_reward()
+    shapes = model.shapes_
+    ranges = reward.contribution_ranges()
+    metrics = {
+        f"contribution.{t}.{level}": float(shapes.at[t, level])
+        for t in shapes.index
+        for level in shapes.columns
+    }
+    metrics.update({f"contribution_range.{t}": r for t, r in ranges.items()})
+    metrics["shape.bias"] = reward.bias
+    metrics["shape.C"] = model.C_
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_params(run_id, {"reward.shape.version": reward.version})
+    texts = questionnaire.texts()
+    table = shapes.copy()
+    table.columns = [f"level_{c}" for c in shapes.columns]
+    table = table.assign(
+        contribution_range=table.index.map(ranges), text=table.index.map(texts)
+    ).rename_axis("trait_id")
+    _log_tables(run_id, {"trait_shapes.csv": table.reset_index()}, "tables")
+    with tempfile.TemporaryDirectory() as directory:
+        _contribution_plots(shapes, texts, witnesses, Path(directory))
+        tracking.log_file(run_id, directory, "plots/contributions")
+
+
+def _heatmap(table: pd.DataFrame, threshold: float, stable: list[str], texts: dict[str, str]):
+    figure, axis = plt.subplots(figsize=(1.6 * table.shape[1] + 5, 0.28 * len(table) + 1.5))
+    image = axis.imshow(table.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    axis.set_xticks(range(table.shape[1]), table.columns)
+    labels = [f"{texts.get(t, '')[:45]}  {t}{' *' if t in stable else ''}" for t in table.index]
+    axis.set_yticks(range(len(table)), labels)
+    for (row, column), value in np.ndenumerate(table.to_numpy()):
+        axis.text(
+            column,
+            row,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value < 0.6 else "black",
+        )
+    axis.set_title(f"selection probability (* = stable: >= {threshold:g} for every judge)")
+    figure.colorbar(image, ax=axis, fraction=0.05)
+    return figure
+
+
+@task(name="log_stability", cache_policy=NO_CACHE)
+def log_stability(
+    run_id: str,
+    table: pd.DataFrame,
+    stable: list[str],
+    config: StabilityConfig,
+    questionnaire: Questionnaire,
+) -> None:
+    """The selection-probability table (trait x judge), its heatmap and the stable set."""
+    tracking.log_params(
+        run_id,
+        {
+            "stability.n_bootstraps": config.n_bootstraps,
+            "stability.seed": config.seed,
+            "stability.threshold": config.threshold,
+            "stability.judges": list(table.columns),
+            "stable_trait_ids": " ".join(stable),
+        },
+    )
+    metrics = {
+        f"selection_probability.{judge}.{trait_id}": float(value)
+        for judge in table.columns
+        for trait_id, value in table[judge].items()
+    }
+    metrics["stability.n_stable"] = float(len(stable))
+    tracking.log_metrics(run_id, metrics)
+    texts = questionnaire.texts()
+    frame = table.reset_index().assign(
+        stable=lambda f: f.trait_id.isin(stable), text=lambda f: f.trait_id.map(texts)
+    )
+    _log_tables(run_id, {"selection_probability.csv": frame}, "tables")
+    tracking.log_json(run_id, frame.to_dict(orient="records"), "tables/selection_probability.json")
+    tracking.log_figure(
+        run_id,
+        _heatmap(table, config.threshold, stable, texts),
+        "plots/selection_probability.png",
+    )
+
+
+@task(name="log_matching", cache_policy=NO_CACHE)
+def log_matching(run_id: str, matching: TraitMatching) -> None:
+    """Which derived trait took which HAL32Q trait's ratings, and which were left out."""
+    tracking.log_params(
+        run_id,
+        {
+            "matching.threshold": matching.threshold,
+            "matching.unmatched_ids": " ".join(matching.unmatched_ids),
+        },
+    )
+    tracking.log_metrics(
+        run_id,
+        {
+            "matching.n_matched": float(len(matching.matched_ids)),
+            "matching.n_unmatched": float(len(matching.unmatched_ids)),
+        },
+    )
+    _log_tables(run_id, {"trait_matching.csv": matching.table}, "tables")
+
+
+def comparison_metric_key(row: pd.Series, column: str) -> str:
+    return f"compare.{row.judge}.{row.model}.{row.trait_set}.{column}"
+
+
+@task(name="log_reward_comparison", cache_policy=NO_CACHE)
+def log_reward_comparison(run_id: str, table: pd.DataFrame) -> None:
+    """``reward_comparison.csv`` + ``.json`` and one metric per cell of accuracy."""
+    _log_tables(run_id, {f"{COMPARISON_ARTIFACT}.csv": table}, None)
+    tracking.log_json(run_id, table.to_dict(orient="records"), f"{COMPARISON_ARTIFACT}.json")
+    metrics = {}
+    for _, row in table.iterrows():
+        for column in ("cv_grouped_accuracy", "paired_accuracy"):
+            metrics[comparison_metric_key(row, column)] = float(row[column])
+    tracking.log_metrics(run_id, metrics)
+
+
+def load_reward_comparison(run_id: str) -> pd.DataFrame:
+    """The comparison table a fit_reward run logged (tracking must already be configured)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = MlflowClient().download_artifacts(run_id, f"{COMPARISON_ARTIFACT}.json", directory)
+        return pd.DataFrame(json.loads(Path(path).read_text()))
+
+
+@task(name="save_reward", cache_policy=NO_CACHE)
 def save_reward(
-    run_id: str, reward: reward_core.HLReward, questionnaire: Questionnaire, output_dir: Path
+    run_id: str,
+    rewards: dict[str, reward_core.HLReward],
+    chosen: str,
+    questionnaire: Questionnaire,
+    output_dir: Path,
 ) -> Path:
-    """Write the reward and its questionnaire as versioned JSON and log both."""
-    reward_path = reward.save(output_dir / "reward.json")
+    """Write every fitted reward (``reward_<kind>.json``), the chosen one as ``reward.json``,
+    and the questionnaire, as versioned JSON; log them all."""
+    for kind, reward in rewards.items():
+        tracking.log_file(run_id, reward.save(output_dir / f"reward_{kind}.json"), "rewards")
+    reward_path = rewards[chosen].save(output_dir / "reward.json")
     questionnaire_path = questionnaire.save(output_dir / "questionnaire.json")
     tracking.log_file(run_id, reward_path)
     tracking.log_file(run_id, questionnaire_path)
     return reward_path
 
 
-@task(name="register_reward", retries=2, retry_delay_seconds=2)
+@task(name="register_reward", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def register_reward(
     run_id: str, reward: reward_core.HLReward, reward_path: Path, name: str, alias: str | None
 ) -> str | None:

@@ -1,5 +1,7 @@
 """The fit_reward flow on the real ratings, read back from MLflow."""
 
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -8,6 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from flows.fit_reward import FitRewardParams, fit_reward
 from flows.validate_data import ValidateDataParams, validate_data
+from hal_core.questionnaire import Questionnaire, Trait
+from hal_core.tables import parse_list_cell
+from tasks.reward import load_reward_comparison
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +60,7 @@ def test_artifacts_hold_reward_plots_and_validation(fitted, settings):
 def test_champion_alias_serves_hl_scores_by_trait_id(fitted, settings, data_dir):
     mlflow.set_tracking_uri(settings.resolved_tracking_uri())
     version = MlflowClient().get_model_version_by_alias("hal-reward", "champion")
-    assert str(version.version) == fitted.model_version
+    assert str(version.version) == fitted.registered_version
     model = mlflow.pyfunc.load_model("models:/hal-reward@champion")
     rng = np.random.default_rng(1)
     ratings = pd.DataFrame(
@@ -70,6 +75,162 @@ def test_champion_alias_serves_hl_scores_by_trait_id(fitted, settings, data_dir)
     bias = MlflowClient().get_run(fitted.run_id).data.metrics["bias.selected"]
     expected = ratings[list(weights)].to_numpy() @ np.array(list(weights.values())) + bias
     np.testing.assert_allclose(scores, expected, atol=1e-9)
+
+
+def test_comparison_stability_and_glass_box_are_logged(fitted, settings):
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
+    client = MlflowClient()
+    run = client.get_run(fitted.run_id)
+
+    def listing(path=None):
+        return {item.path for item in client.list_artifacts(fitted.run_id, path)}
+
+    assert {"reward_comparison.csv", "reward_comparison.json", "rewards"} <= listing()
+    comparison = load_reward_comparison(fitted.run_id)
+    assert comparison.to_dict(orient="records") == fitted.comparison
+    rows = {(r.judge, r.model, r.trait_set): r for r in comparison.itertuples()}
+    for judge in ("gpt-5", "gpt-5-mini"):
+        assert {(judge, "l1", "hal32q"), (judge, "l1", "paper16"), (judge, "l1", "stable_hal32q"),
+                (judge, "shape", "hal32q"), (judge, "hgb", "hal32q")} <= set(rows)  # fmt: skip
+    # measured 0.815 / 0.894 (fold seed 42); the paper's L1 0.768 on the same folds
+    shape, l1 = rows[("gpt-5", "shape", "hal32q")], rows[("gpt-5", "l1", "hal32q")]
+    assert shape.cv_grouped_accuracy >= 0.80 and shape.paired_accuracy >= 0.88
+    assert shape.cv_grouped_accuracy > l1.cv_grouped_accuracy
+    assert rows[("gpt-5", "l1", "stable_hal32q")].n_traits == len(fitted.stable_trait_ids)
+    metrics = run.data.metrics
+    assert metrics["compare.gpt-5.shape.hal32q.cv_grouped_accuracy"] == shape.cv_grouped_accuracy
+    # stability: a table and heatmap of traits x judges, the stable set among the params
+    assert {"tables/selection_probability.csv", "tables/selection_probability.json"} <= listing(
+        "tables"
+    )
+    assert "plots/selection_probability.png" in listing("plots")
+    assert run.data.params["stable_trait_ids"] == " ".join(fitted.stable_trait_ids)
+    assert run.data.params["stability.n_bootstraps"] == "100"
+    assert {f"selection_probability.{j}.t{i:02d}" for j in ("gpt-5", "gpt-5-mini")
+            for i in range(1, 33)} <= set(metrics)  # fmt: skip
+    assert {"t03", "t05", "t20"} <= set(fitted.stable_trait_ids)
+    # the glass box: one contribution plot and five level metrics per trait
+    plots = listing("plots/contributions")
+    assert {f"plots/contributions/t{i:02d}.png" for i in range(1, 33)} == plots
+    assert {f"contribution.t{i:02d}.{level}" for i in range(1, 33) for level in range(1, 6)} <= (
+        set(metrics)
+    )
+    assert {"rewards/reward_linear.json", "rewards/reward_shape.json"} == listing("rewards")
+    assert run.data.params["ratings_source"] == "recorded"
+    assert run.data.params["reward.kind"] == "linear"
+
+
+DERIVED_TEXTS = {
+    "t01": "Uses casual texting style with lowercase and small typos.",
+    "t02": "Discusses the tax code of medieval Venice in detail.",
+    "t03": "Shows minor typos and informal grammar.",
+    "t04": "Shows reciprocity by asking the other person a question.",
+    "t05": "Shifts topics organically, sometimes with minimal one-word prompts.",
+    "t06": "Uses casual slang, abbreviations, and natural typos.",
+}
+
+
+@pytest.fixture(scope="module")
+def derived_fit(hal_home, data_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("derived")
+    questionnaire = Questionnaire(
+        name="derived-test",
+        traits=tuple(Trait(id=i, text=t) for i, t in DERIVED_TEXTS.items()),
+    )
+    path = questionnaire.save(folder / "questionnaire.json")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HAL_HOME", str(hal_home))
+        patch.setenv("HAL_DATA_DIR", str(data_dir))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield fit_reward(
+            FitRewardParams(
+                questionnaire_file=str(path),
+                ratings_source="matched_to_hal32q",
+                reward_kind="shape",
+                alias="derived-test",
+                reward={"paper_cv_seeds": [57]},
+                stability={"n_bootstraps": 10},
+            )
+        )
+
+
+def test_derived_questionnaire_reward_is_fitted_offline_beside_hal32q(derived_fit, settings):
+    assert derived_fit.ratings_source == "matched_to_hal32q"
+    assert derived_fit.unmatched_trait_ids == ["t02"]
+    assert derived_fit.reward_kind == "shape"
+    assert derived_fit.trait_ids == ["t01", "t03", "t04", "t05", "t06"]
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
+    client = MlflowClient()
+    run = client.get_run(derived_fit.run_id)
+    assert run.data.params["ratings_source"] == "matched_to_hal32q"
+    assert run.data.params["matching.unmatched_ids"] == "t02"
+    assert run.data.metrics["matching.n_matched"] == 5
+    comparison = load_reward_comparison(derived_fit.run_id)
+    sets = set(zip(comparison.model, comparison.trait_set, strict=True))
+    assert {("l1", "hal32q"), ("l1", "derived"), ("shape", "derived"), ("hgb", "derived")} <= sets
+    derived = comparison[(comparison.judge == "gpt-5") & (comparison.trait_set == "derived")]
+    assert (derived.cv_grouped_accuracy > 0.6).all()
+    reward = json.loads(
+        (settings.home_dir / "rewards" / derived_fit.run_id / "reward.json").read_text()
+    )
+    assert reward["kind"] == "shape" and sorted(reward["shapes"]) == derived_fit.trait_ids
+
+
+def test_registered_glass_box_scores_integer_ratings_by_derived_id(derived_fit, settings):
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
+    version = MlflowClient().get_model_version_by_alias("hal-reward", "derived-test")
+    assert str(version.version) == derived_fit.registered_version
+    assert version.tags["reward_kind"] == "shape"
+    model = mlflow.pyfunc.load_model("models:/hal-reward@derived-test")
+    rng = np.random.default_rng(3)
+    ratings = pd.DataFrame(rng.integers(1, 6, size=(6, 5)), columns=derived_fit.trait_ids)
+    assert (ratings.dtypes == "int64").all()
+    scores = np.asarray(model.predict(ratings))
+    np.testing.assert_allclose(model.predict(ratings[ratings.columns[::-1]]), scores)
+    np.testing.assert_allclose(model.predict(ratings.astype(float)), scores)
+
+
+def _rated_table(settings, folder):
+    """What `hal rate turing/conversations_full.csv --id-column conversation_id` would write
+    on HAL32Q, rebuilt from the recorded GPT-5 ratings (so it runs offline)."""
+    games = pd.read_csv(settings.data_path("turing/ratings32_gpt-5.csv"))
+    conversations = pd.read_csv(settings.data_path("turing/conversations_full.csv"))
+    ids = conversations.set_index(["game_id", "label"])["conversation_id"]
+    rows = []
+    for game in games.itertuples():
+        for side in ("A", "B"):
+            ratings = parse_list_cell(getattr(game, f"likert_evaluation_{side}"))
+            rows.append({"item_id": ids[(game.game_id, side)],
+                         **{f"t{i:02d}": r for i, r in enumerate(ratings, 1)},
+                         "status": "rated", "error_kind": None, "error": None})  # fmt: skip
+    rows[0].update({f"t{i:02d}": None for i in range(1, 33)}, status="failed")
+    path = folder / "conversations_full-rated.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_live_path_accepts_a_hal_rate_table_of_the_witnesses(
+    hal_home, data_dir, settings, tmp_path
+):
+    path = _rated_table(settings, tmp_path)
+    result = fit_reward(
+        FitRewardParams(
+            ratings_file=str(path),
+            ratings_source="rated",
+            cross_judge_files=[],
+            register_as=None,
+            reward={"paper_cv_seeds": [57]},
+            stability={"n_bootstraps": 5},
+        )
+    )
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["ratings_source"] == "rated"
+    assert run.data.metrics["input.witnesses.not_rated"] == 1
+    assert run.data.metrics["input.games.kept"] == 556
+    # the same ratings as the recorded table, so the paper's selection comes back
+    assert len(result.selected_trait_ids) >= 14
+    assert result.registered_version is None
 
 
 def test_validate_flow_quarantines_and_logs(settings, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,9 @@ from hal_core.reward import (
     PAPER_HAL16_TRAIT_IDS,
     HLReward,
     MissingTraitError,
+    RatingsError,
     RewardConfig,
+    RewardFileError,
     TraitLogisticRegression,
     fit_reward,
     paired_accuracy,
@@ -55,6 +58,23 @@ def test_scores_do_not_depend_on_column_order():
     )
 
 
+def test_renamed_traits_give_the_same_linear_reward_by_id():
+    data = _synthetic()
+    renamed = {"t01": "t09", "t02": "t03", "t03": "t01", "t04": "t02"}
+    model = TraitLogisticRegression().fit(data[list(renamed)], data["is_human"])
+    other = TraitLogisticRegression().fit(
+        data[list(renamed)].rename(columns=renamed), data["is_human"]
+    )
+    assert sorted(other.selected_trait_ids_) == sorted(
+        renamed[t] for t in model.selected_trait_ids_
+    )
+    # liblinear visits columns in id order, so a renaming moves weights within its tolerance
+    for old, new in renamed.items():
+        assert other.full_coef_[new] == pytest.approx(model.full_coef_[old], abs=1e-2)
+    for old in model.selected_trait_ids_:
+        assert other.coef_[renamed[old]] == pytest.approx(model.coef_[old], abs=1e-2)
+
+
 def test_reward_json_round_trip_and_missing_trait(tmp_path):
     reward = HLReward(weights={"t02": 1.5, "t01": -0.5}, bias=0.25)
     loaded = HLReward.load(reward.save(tmp_path / "reward.json"))
@@ -95,3 +115,153 @@ def test_selection_and_weights_match_the_published_reward(gpt5_fit, data_dir):
     for trait_id, weight in published.weights.items():
         assert gpt5_fit.reward.weights[trait_id] == pytest.approx(weight, abs=1e-3)
     assert gpt5_fit.reward.bias == pytest.approx(published.bias, abs=1e-3)
+
+
+# --- reward files and ratings that break a rule -------------------------------------------
+
+
+def _payload(**changes) -> dict:
+    payload = {"weights": {"t01": 0.5, "t02": -1.0}, "bias": 0.25}
+    payload.update(changes)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "key"),
+    [
+        (_payload(bias=float("nan")), "bias"),
+        (_payload(bias=float("inf")), "bias"),
+        (_payload(weights={"t01": 0.5, "t02": float("nan")}), "weights.t02"),
+        (_payload(weights={"t01": float("-inf")}), "weights.t01"),
+        (_payload(weights={"t01": "abc"}), "weights.t01"),
+        (_payload(bias=None), "bias"),
+        ({"weights": {"t01": 1.0}}, "bias"),
+        (_payload(weights={}), "weights"),
+    ],
+)
+def test_reward_file_with_a_bad_number_names_the_file_and_key(tmp_path, payload, key):
+    path = tmp_path / "reward.json"
+    # json.dumps writes NaN/Infinity, as a careless writer would
+    path.write_text(json.dumps(payload))
+    with pytest.raises(RewardFileError) as error:
+        HLReward.load(path)
+    assert str(path) in str(error.value) and f"'{key}'" in str(error.value)
+
+
+def test_paper_weights_file_with_nan_is_refused(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"w": [0.1] * 15 + [float("nan")], "b": 0.0}))
+    with pytest.raises(RewardFileError, match=r"w\[15\]"):
+        HLReward.from_paper_weights(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (7, "off the rating scale 1-5"),
+        (-1, "off the rating scale 1-5"),
+        (float("inf"), "off the rating scale 1-5"),
+        (float("nan"), "missing"),
+        (None, "missing"),
+        ("abc", "not a number"),
+    ],
+)
+def test_scoring_a_bad_rating_names_row_column_and_rule(value, rule):
+    reward = HLReward(weights={"t01": 1.0, "t02": -0.5}, bias=0.0)
+    ratings = pd.DataFrame({"t01": [1, 2, 3], "t02": [4, 5, 1]}, index=[10, 11, 12], dtype=object)
+    ratings.loc[11, "t02"] = value
+    with pytest.raises(RatingsError) as error:
+        reward.score(ratings)
+    message = str(error.value)
+    assert "row 11 column t02" in message and rule in message and "rule:" in message
+
+
+def test_bad_rating_is_named_by_its_file_row(tmp_path):
+    path = tmp_path / "ratings.csv"
+    pd.DataFrame({"t01": [1, 2, 9], "t02": [3, 3, 3]}).to_csv(path, index=False)
+    table = read_table(path)
+    with pytest.raises(RatingsError, match=rf"{path}: row 3 column t01: 9 "):
+        HLReward(weights={"t01": 1.0, "t02": 1.0}, bias=0.0).score(table)
+
+
+def test_integer_and_nullable_integer_ratings_score_like_floats():
+    reward = HLReward(weights={"t01": 0.5, "t02": -1.0}, bias=0.25)
+    ints = pd.DataFrame({"t02": [1, 5], "t01": [3, 4]})
+    expected = reward.score(ints.astype(float))
+    np.testing.assert_allclose(reward.score(ints), expected)
+    np.testing.assert_allclose(reward.score(ints.astype("Int64")), expected)
+    np.testing.assert_allclose(expected, [0.25 + 1.5 - 1.0, 0.25 + 2.0 - 5.0])
+
+
+# --- the shape kind and its JSON ------------------------------------------------------------
+
+
+def test_shape_reward_scores_per_level_and_interpolates_between_levels():
+    reward = HLReward(
+        shapes={"t03": (-1.0, 0.0, 0.5, 0.5, 2.0), "t01": (0, 0, 0, 0, 1.0)}, bias=1.0
+    )
+    assert reward.kind == "shape" and reward.trait_ids == ["t03", "t01"]
+    ratings = pd.DataFrame({"t01": [5, 1, 1], "t03": [1, 3, 4.5]})
+    np.testing.assert_allclose(reward.score(ratings), [1 - 1 + 1, 1 + 0.5, 1 + 1.25])
+    contributions = reward.contributions(ratings)
+    assert list(contributions.columns) == ["t03", "t01"]
+    assert reward.contribution_ranges() == {"t03": 3.0, "t01": 1.0}
+
+
+def test_reward_json_says_its_kind_and_loading_dispatches_on_it(tmp_path):
+    shape = HLReward(shapes={"t02": (0.0, 1.0, 2.0, 2.5, 3.0)}, bias=-1.0, metadata={"C": 0.01})
+    linear = HLReward(weights={"t02": 0.75}, bias=-1.0)
+    for reward in (shape, linear):
+        path = reward.save(tmp_path / f"{reward.kind}.json")
+        payload = json.loads(path.read_text())
+        assert payload["kind"] == reward.kind and payload["version"] == reward.version
+        loaded = HLReward.load(path)
+        assert loaded == reward and loaded.kind == reward.kind
+    assert json.loads((tmp_path / "shape.json").read_text())["shapes"]["t02"]["4"] == 2.5
+    assert shape.version != HLReward(shapes={"t02": (0.0, 1.0, 2.0, 2.5, 3.1)}, bias=-1.0).version
+
+
+def test_format_one_reward_files_load_as_linear_with_their_old_version(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "hal-reward/1", "version": "x", "weights": {"t01": 2.0},
+                                "bias": 0.5, "metadata": {}}))  # fmt: skip
+    reward = HLReward.load(path)
+    assert reward.kind == "linear" and reward.weights == {"t01": 2.0}
+    # the version hash of a linear reward did not change with the new format
+    assert reward.version == "5fc92660f9e9e980"
+
+
+@pytest.mark.parametrize(
+    ("payload", "key"),
+    [
+        ({"kind": "forest", "bias": 0.0}, "kind"),
+        ({"kind": "shape", "bias": 0.0, "shapes": {"t01": {"1": 0.0, "2": 1.0}}}, "shapes.t01"),
+        ({"kind": "shape", "bias": 0.0, "shapes": {"t01": dict.fromkeys("12345", float("nan"))}},
+         "shapes.t01.1"),
+        ({"kind": "shape", "bias": 0.0, "scale": {"min": 5, "max": 1},
+          "shapes": {"t01": dict.fromkeys("12345", 0.0)}}, "scale"),
+    ],
+)  # fmt: skip
+def test_shape_reward_file_that_breaks_a_rule_names_the_key(tmp_path, payload, key):
+    path = tmp_path / "reward.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(RewardFileError, match=rf"{path}: key '{re.escape(key)}'"):
+        HLReward.load(path)
+
+
+def test_hal_score_stops_on_a_nan_reward_or_an_off_scale_rating(tmp_path):
+    from flows.scoring import score_file
+
+    ratings = tmp_path / "ratings.csv"
+    pd.DataFrame({"t01": [1, 3], "t02": [5, 2]}).to_csv(ratings, index=False)
+    broken = tmp_path / "reward.json"
+    broken.write_text('{"weights": {"t01": NaN, "t02": 1.0}, "bias": 0.0}')
+    with pytest.raises(RewardFileError, match=rf"{broken}: key 'weights.t01'"):
+        score_file(ratings, str(broken))
+    good = HLReward(shapes={"t01": (0, 1, 2, 3, 4.0), "t02": (0, 0, 1, 1, 1.0)}, bias=0.5)
+    path = good.save(tmp_path / "shape.json")
+    scored = pd.read_csv(score_file(ratings, str(path)))
+    np.testing.assert_allclose(scored["hl"], [0.5 + 0 + 1, 0.5 + 2 + 0])
+    pd.DataFrame({"t01": [1, 7], "t02": [5, 2]}).to_csv(ratings, index=False)
+    with pytest.raises(RatingsError, match=rf"{ratings}: row 2 column t01: 7 is off the rating"):
+        score_file(ratings, str(path))
