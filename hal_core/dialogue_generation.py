@@ -48,6 +48,7 @@ DIALOGUE_COLUMNS = (
     "sample_index",
     "protocol",
     "doctor_script",
+    "system_prompt",
     "dialogue",
     "n_turns",
     "patient_words",
@@ -280,7 +281,9 @@ def build_jobs(
         for sample in range(spec.samples_per_persona):
             if spec.protocol == "roleplay":
                 system = persona_card(persona, spec.card)
-                choice = row_seed(spec.seed, persona.persona_id, sample, "doctor")
+                # One doctor per persona: its samples differ only in the patient's turns, so
+                # any two of them make a preference pair on the same conversation.
+                choice = row_seed(spec.seed, persona.persona_id, "doctor")
                 lines = tuple(script.lines(spec.n_turns, choice, persona.first_name, persona.name))
             else:
                 system, lines = persona.prompt, ()
@@ -495,6 +498,7 @@ def dialogue_table(
                 "sample_index": job.sample_index,
                 "protocol": spec.protocol,
                 "doctor_script": script.fingerprint if spec.protocol == "roleplay" else "",
+                "system_prompt": job.system,
                 "dialogue": item.dialogue,
                 "n_turns": len(item.patient_turns),
                 "patient_words": len(" ".join(item.patient_turns).split()),

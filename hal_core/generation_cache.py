@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hal_core.rating_cache import SQLiteStore
+from hal_core.rating_cache import SQLiteFile
 from hal_core.tables import file_sha256
 
 _SCHEMA = """
@@ -108,16 +108,11 @@ def generation_key(**parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-class GenerationCache(SQLiteStore):
+class GenerationCache(SQLiteFile):
     """Generated dialogues by key, plus a memo of file hashes, in one SQLite file."""
 
-    TABLE = "generation"
-    SCHEMA = _SCHEMA
-
     def __init__(self, path: str | Path) -> None:
-        super().__init__(path)
-        with self._lock:
-            self._connection.execute(_FILE_SCHEMA)
+        super().__init__(path, _SCHEMA, _FILE_SCHEMA)
 
     def put(self, key: str, item: GeneratedDialogue, **meta: Any) -> None:
         """Commit one dialogue now; an existing key keeps its dialogue (``writes`` counts)."""

@@ -62,7 +62,35 @@ def _chunks(keys: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
         yield keys[start : start + size]
 
 
-class AnswerStore(Generic[A]):
+class SQLiteFile:
+    """A SQLite file behind one WAL-journalled connection, safe across threads."""
+
+    def __init__(self, path: str | Path, *schema: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(
+            self.path, timeout=60, isolation_level=None, check_same_thread=False
+        )
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed row survives the process being killed (not a
+        # power cut), at a fraction of FULL's fsync cost per commit.
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        for statement in schema:
+            self._connection.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AnswerStore(SQLiteFile, Generic[A]):
     """One table of answers in the cache file: a WAL-journalled connection, safe across
     threads; subclasses name the table and map their answer's own fields to columns."""
 
@@ -77,18 +105,7 @@ class AnswerStore(Generic[A]):
     """Answer fields that are neither columns nor extra (ids the caller sets, flags)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            self.path, timeout=60, isolation_level=None, check_same_thread=False
-        )
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a committed answer survives the process being killed (not a
-        # power cut), at a fraction of FULL's fsync cost per commit.
-        self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute(self._schema())
-        self._connection.execute(_CLAIM_SCHEMA)
+        super().__init__(path, self._schema(), _CLAIM_SCHEMA)
         self._add_extra_column()
         self._upsert = self._upsert_sql()
         self._read = ("key", "status", *self.OWN, *_ACCOUNTING, "extra")
@@ -304,22 +321,6 @@ CREATE TABLE IF NOT EXISTS {cls.TABLE} (
         """Drop every claim of ``owner`` (its run is over)."""
         with self._lock:
             self._connection.execute("DELETE FROM claim WHERE owner = ?", (owner,))
-
-    # -- the file ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        with self._lock:
-            self._connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-SQLiteStore = AnswerStore
-"""The former name of :class:`AnswerStore`."""
 
 
 class RatingCache(AnswerStore[RatingResult]):

@@ -255,6 +255,13 @@ def test_a_cached_run_generates_nothing_again_and_tables_follow_the_contract(
     ]
     assert (table["prompt_id"] == table["persona_id"]).all()
     assert (table["doctor_script"] == SCRIPT.fingerprint).all()
+    # A persona's samples meet the same doctor under the same card, so they pair for DPO.
+    assert (
+        jobs[0].doctor_lines == jobs[1].doctor_lines
+        and jobs[2].doctor_lines == jobs[3].doctor_lines
+    )
+    assert table["system_prompt"].tolist() == [job.system for job in jobs]
+    assert table["system_prompt"].iloc[0].startswith("You are ")
     for text in table["dialogue"]:
         tags = [line[:2] for line in text.split("\n")]
         assert tags == ["D:", "P:", "D:", "P:"]
