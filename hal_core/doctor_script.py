@@ -3,8 +3,9 @@
 A script is YAML (``infra/doctor_scripts/*.yaml``): ``version``, ``description`` and ``turns``,
 a list whose items are the variants of one doctor line. :meth:`DoctorScript.lines` picks one
 variant per turn from a seed: personas meet slightly different doctors, the samples of one
-persona the same doctor (so they pair for DPO), and a dialogue is reproducible. :attr:`DoctorScript.fingerprint` (version + content hash) keys the
-generation cache, so an edited script never serves stale dialogues.
+persona the same doctor (so they pair for DPO), and a dialogue is reproducible.
+:attr:`DoctorScript.fingerprint` (version + content hash) keys the generation cache, so an
+edited script never serves stale dialogues.
 """
 
 from __future__ import annotations
