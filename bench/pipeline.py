@@ -26,9 +26,10 @@ def main() -> None:
         from mlflow.tracking import MlflowClient
 
         from flows.pipeline import PipelineParams, hal_pipeline
+        from hal_core.recipes import params_from_recipe
         from hal_core.settings import get_settings
 
-        params = PipelineParams(**yaml.safe_load(RECIPE.read_text()))
+        params = params_from_recipe(PipelineParams, yaml.safe_load(RECIPE.read_text()))
         start = time.perf_counter()
         cold = hal_pipeline(params)
         cold_seconds = time.perf_counter() - start

@@ -23,8 +23,10 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.dialogue import SpeakerTags
+from hal_core.domain import OUT_OF_DOMAIN_COLUMN
 from hal_core.generation import SamplingSettings
 from hal_core.judges import JudgeConfig, ratings_table
+from hal_core.judges.runner import ERROR_COLUMN, STATUS_COLUMN
 from hal_core.preferences import PairingConfig
 from hal_core.scoring import hl_scores
 from hal_core.settings import PROJECT_ROOT, HalSettings, get_settings
@@ -42,6 +44,7 @@ from tasks.training import (
     log_training_summary,
     prepare_policy_model,
     read_candidates,
+    read_ratings_table,
     read_scores,
     save_preference_pairs,
     score_candidates,
@@ -73,7 +76,9 @@ class AlignParams(BaseModel):
 
     candidates_file: str = Field(
         default="synthlabs/candidates_test.csv",
-        description="Candidate responses (4 per persona), relative to the data folder.",
+        description="Candidate responses: the dataset's (4 per persona, prompts from "
+        "prompts_file) or a generate output (its persona cards are the prompts; degenerate "
+        "dialogues are left out).",
     )
     prompts_file: str = Field(
         default="synthlabs/prompts_test.csv", description="Persona prompts, by persona_id."
@@ -83,6 +88,11 @@ class AlignParams(BaseModel):
     )
     generation: GenerationParams | None = Field(
         default=None, description="Generate candidates with a model instead of reading them."
+    )
+    ratings_file: str | None = Field(
+        default=None,
+        description="Trait ratings of the candidates (a rate_dialogues output whose item_id "
+        "is the candidate id); the reward turns them into HL (skips the judge).",
     )
     scores_file: str | None = Field(
         default=None, description="Precomputed HL scores per candidate (skips the judge)."
@@ -186,7 +196,7 @@ def generated_candidates(params: AlignParams, settings: HalSettings) -> pd.DataF
     from hal_core import generation
 
     spec = params.generation
-    prompts = generation.load_prompts(settings.data_path(params.prompts_file), spec.prompt_limit)
+    prompts = generation.load_prompts(settings.input_path(params.prompts_file), spec.prompt_limit)
     if spec.backend == "local":
         model, tokenizer = generation.load_causal_lm(spec.model)
         return generation.generate_candidates_local(
@@ -204,8 +214,8 @@ def gather_candidates(params: AlignParams, settings: HalSettings, run_id: str) -
         tracking.log_inputs(
             run_id,
             {
-                "candidates": settings.data_path(params.candidates_file),
-                "prompts": settings.data_path(params.prompts_file),
+                "candidates": settings.input_path(params.candidates_file),
+                "prompts": settings.input_path(params.prompts_file),
             },
         )
         candidates = read_candidates(params.candidates_file, params.prompts_file, settings)
@@ -217,8 +227,31 @@ def gather_candidates(params: AlignParams, settings: HalSettings, run_id: str) -
     return candidates
 
 
+def ratings_scorer(params: AlignParams, settings: HalSettings):
+    """HL scores from recorded trait ratings (by candidate id) and the reward; a candidate
+    without a rated row gets a score error. The judge's out-of-domain flag travels along."""
+    reward = load_reward(params.reward_file, settings)
+    ratings = read_ratings_table(params.ratings_file, settings)
+
+    def score(candidates: pd.DataFrame) -> pd.DataFrame:
+        rows = ratings.reindex(candidates["candidate_id"].astype(str)).set_axis(candidates.index)
+        unrated = rows[STATUS_COLUMN].isna()
+        rows[[STATUS_COLUMN, ERROR_COLUMN]] = rows[[STATUS_COLUMN, ERROR_COLUMN]].astype(object)
+        rows.loc[unrated, STATUS_COLUMN] = "missing"
+        rows.loc[unrated, ERROR_COLUMN] = f"no rating for this candidate in {params.ratings_file}"
+        rows.attrs["source"] = ratings.attrs.get("source")
+        scores = hl_scores(rows, reward)
+        if OUT_OF_DOMAIN_COLUMN in rows.columns:
+            scores[OUT_OF_DOMAIN_COLUMN] = rows[OUT_OF_DOMAIN_COLUMN]
+        return scores
+
+    return score
+
+
 def score(params: AlignParams, settings: HalSettings, candidates: pd.DataFrame) -> pd.DataFrame:
-    """HL scores from a precomputed table, else from the judge and the reward."""
+    """HL scores from a precomputed table, recorded ratings, or the judge; with the reward."""
+    if params.ratings_file is not None:
+        return score_candidates(candidates, scorer=ratings_scorer(params, settings))
     if params.scores_file is not None:
         return score_candidates(
             candidates,
@@ -228,7 +261,7 @@ def score(params: AlignParams, settings: HalSettings, candidates: pd.DataFrame) 
         )
     if params.judge is not None:
         return score_candidates(candidates, scorer=build_scorer(params, settings))
-    raise ValueError("align needs scores_file or a judge to score the candidates")
+    raise ValueError("align needs ratings_file, scores_file or a judge to score the candidates")
 
 
 def training_launch(
@@ -259,9 +292,8 @@ def training_launch(
 
 
 @flow(name="align", log_prints=True)
-def align(params: AlignParams | None = None) -> AlignResult:
+def align(params: AlignParams = AlignParams()) -> AlignResult:  # noqa: B008
     """Score candidates, pair them by HL score, and train the policy with DPO + LoRA."""
-    params = params or AlignParams()
     settings = get_settings()
     with tracking.stage_run(
         "align", settings.experiment_alignment, settings, params.parent_run_id

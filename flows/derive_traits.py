@@ -121,9 +121,8 @@ def _recipe(params: DeriveTraitsParams, path: Path) -> DerivationRecipe:
 
 
 @flow(name="derive_traits", log_prints=True)
-def derive_traits(params: DeriveTraitsParams | None = None) -> DeriveTraitsResult:
+def derive_traits(params: DeriveTraitsParams = DeriveTraitsParams()) -> DeriveTraitsResult:  # noqa: B008
     """Derive a human-likeness questionnaire from judges' statements and measure it."""
-    params = params or DeriveTraitsParams()
     settings = get_settings()
     statements_path = settings.input_path(params.statements_file)
     recipe_path = resolve_recipe_path(params.recipe_file)

@@ -2,7 +2,7 @@
 comparison table -> log -> register the chosen reward.
 
     hal fit-reward                                                  # HAL32Q, recorded ratings
-    hal fit-reward --recipe infra/recipes/fit_reward.yaml
+    hal fit-reward --recipe infra/recipes/fit_reward_glass_box.yaml     # the glass-box reward
     # a derived questionnaire, offline: its traits borrow their nearest HAL32Q trait's ratings
     #   questionnaire_file: .hal/derivation/<run>/questionnaire.json
     #   ratings_source: matched_to_hal32q
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core.reward import PAPER_HAL16_TRAIT_IDS, RewardConfig
 from hal_core.reward_inputs import RatingsSource
+from hal_core.reward_promotion import RewardPromotion
 from hal_core.settings import get_settings
 from hal_core.shape_reward import ShapeConfig
 from hal_core.stability import StabilityConfig, stable_set
@@ -41,6 +42,7 @@ from tasks.reward import (
     log_shape_reward,
     log_stability,
     match_questionnaire,
+    promote_reward,
     register_reward,
     save_reward,
     select_stable_traits,
@@ -72,6 +74,11 @@ class FitRewardParams(BaseModel):
     questionnaire_file: str = Field(
         default="questionnaires/hal32q.json",
         description="Questionnaire the reward is fitted on (HAL32Q or a derived one).",
+    )
+    trait_ids: list[str] | None = Field(
+        default=None,
+        description="Fit on these traits of questionnaire_file only, by id (e.g. the traits "
+        "a judge rates); None = every trait.",
     )
     reference_questionnaire_file: str = Field(
         default="questionnaires/hal32q.json",
@@ -116,7 +123,15 @@ class FitRewardParams(BaseModel):
         default=REWARD_MODEL_NAME, description="Registered model name; empty = don't register."
     )
     alias: str | None = Field(
-        default="champion", description="Alias moved to the new version; empty = none."
+        default="champion",
+        description="Alias the new version takes only when it is at least as good as the "
+        "current holder on check_ratings_file (it is registered as challenger either way); "
+        "empty = none.",
+    )
+    check_ratings_file: str = Field(
+        default="turing/ratings32_gpt-5-mini.csv",
+        description="The fixed check set of guarded promotion: Turing ratings in the layout "
+        "of reference_questionnaire_file, versioned by its sha256.",
     )
     parent_run_id: tracking.ParentRunId = None
 
@@ -129,6 +144,9 @@ class FitRewardResult(BaseModel):
     reward_version: str
     reward_kind: RewardKind
     registered_version: str | None = Field(description="Model registry version, if registered.")
+    promotion: RewardPromotion | None = Field(
+        default=None, description="Whether the registered version took the alias, and why."
+    )
     ratings_source: RatingsSource
     trait_ids: list[str] = Field(description="Traits the chosen reward scores, by id.")
     selected_trait_ids: list[str] = Field(description="Traits the L1 reward selected.")
@@ -205,6 +223,9 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
             )
             for path in ratings_paths
         ]
+        if params.trait_ids is not None:
+            questionnaire = questionnaire.subset(params.trait_ids, name=questionnaire.name)
+            tracking.log_params(run_id, {"trait_ids": params.trait_ids})
         main = judges[0]
         tracking.log_metrics(run_id, {f"input.{k}": v for k, v in main.counts.items()})
 
@@ -237,11 +258,21 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
         output_dir = settings.home_dir / "rewards" / run_id
         reward_path = save_reward(run_id, rewards, params.reward_kind, questionnaire, output_dir)
         tracking.log_params(run_id, {"reward.version": chosen.version})
-        registered = None
+        registered, promotion = None, None
         if params.register_as:
-            registered = register_reward(
-                run_id, chosen, reward_path, params.register_as, params.alias or None
-            )
+            registered = register_reward(run_id, chosen, reward_path, params.register_as)
+            if params.alias:
+                promotion = promote_reward(
+                    run_id,
+                    chosen,
+                    params.register_as,
+                    registered,
+                    params.alias,
+                    settings.input_path(params.check_ratings_file),
+                    reference,
+                    settings,
+                )
+                print(f"promotion: {promotion.reason}")
         metrics = headline_metrics(fit, comparison, main.judge, stable)
         tracking.log_metrics(run_id, metrics)
         print(f"reward {params.reward_kind} {chosen.version} ({' '.join(chosen.trait_ids)})")
@@ -252,6 +283,7 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
         reward_version=chosen.version,
         reward_kind=params.reward_kind,
         registered_version=registered,
+        promotion=promotion,
         ratings_source=params.ratings_source,
         trait_ids=chosen.trait_ids,
         selected_trait_ids=fit.selected_trait_ids,

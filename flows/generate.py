@@ -213,9 +213,8 @@ def default_output(params: GenerateParams, checkpoint: str, fingerprint: str, ho
 
 
 @flow(name="generate", log_prints=True)
-def generate(params: GenerateParams | None = None) -> GenerateResult:
+def generate(params: GenerateParams = GenerateParams()) -> GenerateResult:  # noqa: B008
     """The policy (and adapter) writes a doctor's-visit dialogue per persona and sample."""
-    params = params or GenerateParams()
     settings = get_settings()
     spec = params.spec()
     checkpoint, epoch = checkpoint_tag(params)

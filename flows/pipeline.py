@@ -82,20 +82,35 @@ STAGES: dict[str, Stage] = {
 STAGE_ORDER: tuple[str, ...] = StageName.__args__
 
 
-def _loop_reward() -> FitRewardParams:
-    return FitRewardParams(
-        questionnaire_file="questionnaires/hal16q_published.json",
-        register_as=None,
-        alias=None,
+def _training_judge() -> TrainLocalJudgeParams:
+    return TrainLocalJudgeParams(questionnaire="hal16q", register_as=None, alias=None)
+
+
+def _second_judge() -> TrainLocalJudgeParams:
+    return TrainLocalJudgeParams(
+        questionnaire="hal32q", transfer=False, register_as=None, alias=None
     )
+
+
+def _loop_reward() -> FitRewardParams:
+    return FitRewardParams(register_as=None, alias=None)
+
+
+def _train_generation() -> GenerateParams:
+    return GenerateParams(prompts_file="synthlabs/prompts_train.csv", samples_per_persona=4)
 
 
 def _test_generation() -> GenerateParams:
     return GenerateParams(prompts_file="synthlabs/prompts_test.csv", samples_per_persona=1)
 
 
+def _loop_alignment() -> AlignParams:
+    return AlignParams(recipe="smollm2-cpu", accelerate_config="single", num_processes=1)
+
+
 class PipelineParams(BaseModel):
-    """Every stage's parameters in one form; the pipeline links each stage's results onward."""
+    """Every stage's parameters in one form; the pipeline links each stage's results onward
+    (the fields it fills are named in each description)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -116,43 +131,51 @@ class PipelineParams(BaseModel):
         default_factory=FitRewardParams,
         description="The HAL32Q reward on the Turing ratings (registered as hal-reward).",
     )
-    fit_derived_reward: bool = Field(
+    derived_reward: bool = Field(
         default=True,
-        description="Also fit a reward on the derived questionnaire, offline (each derived "
-        "trait takes the recorded ratings of its nearest HAL32Q trait), beside HAL32Q's.",
+        description="Also fit the reward on the derived questionnaire, offline: each derived "
+        "trait takes the recorded ratings of its nearest HAL32Q trait (fit_reward's settings, "
+        "not registered).",
     )
-    cross_judge_ratings: list[str] = Field(
-        default_factory=lambda: ["turing/ratings32_gpt-5-mini.csv"],
-        description="Other judges' ratings: the same reward fit, logged for comparison.",
+    train_local_judge: TrainLocalJudgeParams = Field(
+        default_factory=_training_judge,
+        description="The training judge: fitted on doctor's visits and Turing witnesses, it "
+        "rates the candidates and the held-out dialogues.",
     )
     loop_reward: FitRewardParams = Field(
         default_factory=_loop_reward,
         description="The reward the policy is aligned to: fitted on the Turing ratings of the "
-        "traits the training judge rates (the published HAL16Q statements, by HAL32Q id).",
-    )
-    train_local_judge: TrainLocalJudgeParams = Field(
-        default_factory=TrainLocalJudgeParams,
-        description="The training judge: a local judge that fits doctor's-visit dialogues.",
+        "traits the training judge rates (trait_ids is set from that judge).",
     )
     second_judge: TrainLocalJudgeParams | None = Field(
-        default=None,
-        description="An independent judge for evaluation only; None = no second opinion "
-        "(then the policy is never promoted).",
+        default_factory=_second_judge,
+        description="An independent judge for evaluation only, scored with the HAL32Q reward; "
+        "None = no second opinion (then the policy is never promoted).",
     )
     generate: GenerateParams = Field(
-        default_factory=GenerateParams,
-        description="Candidates of the base policy for the training personas.",
+        default_factory=_train_generation,
+        description="Candidates of the base policy on the training personas.",
     )
     generate_test: GenerateParams = Field(
         default_factory=_test_generation,
-        description="Dialogues on held-out test personas, for the base and every epoch.",
+        description="Dialogues on held-out test personas, for the base and every epoch "
+        "(policy, adapter and epoch are set by the pipeline).",
     )
     rate_dialogues: RateDialoguesParams = Field(
         default_factory=lambda: RateDialoguesParams(input_file="", speakers="doctor_visit"),
-        description="Rates the candidates with the training judge (input and judge are linked).",
+        description="Rates the candidates (input, questionnaire and judge are set from the "
+        "generate and judge stages).",
     )
-    align: AlignParams = Field(default_factory=AlignParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    align: AlignParams = Field(
+        default_factory=_loop_alignment,
+        description="Pairs and DPO (candidates, ratings, reward and model are set from the "
+        "stages before).",
+    )
+    evaluate: EvaluateParams = Field(
+        default_factory=EvaluateParams,
+        description="Scores the held-out dialogues (files, judges, rewards and the policy's "
+        "checkpoints are set from the stages before).",
+    )
     parent_run_id: tracking.ParentRunId = None
 
 
@@ -193,7 +216,7 @@ class StageRunner:
         else:
             result = stage.flow(params)
             self.cache.write(key, result.model_dump(mode="json"))
-        print(f"stage {label}: {'cached' if recorded is not None else 'ran'}")
+        print(f"stage {label} {'cached' if recorded is not None else 'ran'}")
         self.results[label] = result
         return result
 
@@ -221,87 +244,110 @@ def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  
                 )
         traits = stage("derive_traits", derivation)
         reward = stage("fit_reward", params.fit_reward)
-        if params.fit_derived_reward and traits is not None:
-            stage(
-                "fit_reward",
-                params.fit_reward.on_derived_questionnaire(traits.questionnaire_path),
-                label="fit_reward:derived",
-                needs=(traits,),
-            )
-        for ratings_file in params.cross_judge_ratings:
+        if params.derived_reward and traits is not None:
             stage(
                 "fit_reward",
                 params.fit_reward.model_copy(
-                    update={"ratings_file": ratings_file, "register_as": None, "alias": None}
+                    update={
+                        "questionnaire_file": traits.questionnaire_path,
+                        "ratings_source": "matched_to_hal32q",
+                        "register_as": None,
+                        "alias": None,
+                    }
                 ),
-                label=f"fit_reward:{ratings_file.rsplit('/', 1)[-1].removesuffix('.csv')}",
+                label="fit_reward:derived",
+                needs=(traits,),
             )
-        loop_reward = stage("fit_reward", params.loop_reward, label="fit_reward:loop")
 
-        # The judges.
-        judge = stage("train_local_judge", params.train_local_judge, needs=(reward,))
+        # The judges, and the reward on the traits the training judge rates.
+        judge = stage("train_local_judge", params.train_local_judge)
+        loop_reward = None
+        if judge is not None:
+            loop_reward = stage(
+                "fit_reward",
+                params.loop_reward.model_copy(update={"trait_ids": judge.trait_ids}),
+                label="fit_reward:loop",
+                needs=(judge,),
+            )
         second = None
         if params.second_judge is not None:
             second = stage("train_local_judge", params.second_judge, label="train_local_judge:2")
+        judge_questionnaire = params.train_local_judge.hal16q_questionnaire_file
+        if params.train_local_judge.questionnaire == "hal32q":
+            judge_questionnaire = params.train_local_judge.hal32q_questionnaire_file
 
-        # The loop: candidates -> ratings -> pairs -> DPO.
+        # The loop: candidates of the policy -> ratings -> HL -> pairs -> DPO.
         candidates = stage("generate", params.generate, label="generate:train")
-        ratings = stage(
-            "rate_dialogues",
-            params.rate_dialogues.model_copy(
-                update={
-                    "input_file": candidates.output_file if candidates else "",
-                    "id_column": "dialogue_id",
-                    "judge": LocalJudgeConfig(model_path=judge.model_path if judge else ""),
-                }
-            ),
-            needs=(candidates, judge),
-        )
-        aligned = stage(
-            "align",
-            params.align.model_copy(
-                update={
-                    "candidates_file": candidates.output_file if candidates else "",
-                    "ratings_file": ratings.output_file if ratings else None,
-                    "reward_file": loop_reward.reward_path if loop_reward else "",
-                    "model_name_or_path": params.generate.policy,
-                }
-            ),
-            needs=(candidates, ratings, loop_reward),
-        )
+        ratings = None
+        if candidates is not None and judge is not None:
+            ratings = stage(
+                "rate_dialogues",
+                params.rate_dialogues.model_copy(
+                    update={
+                        "input_file": candidates.output_file,
+                        "id_column": "dialogue_id",
+                        "questionnaire_file": judge_questionnaire,
+                        "judge": LocalJudgeConfig(model_path=judge.model_path),
+                    }
+                ),
+                needs=(candidates, judge),
+            )
+        aligned = None
+        if candidates is not None and ratings is not None and loop_reward is not None:
+            aligned = stage(
+                "align",
+                params.align.model_copy(
+                    update={
+                        "candidates_file": candidates.output_file,
+                        "ratings_file": ratings.output_file,
+                        "reward_file": loop_reward.reward_path,
+                        "model_name_or_path": candidates.model_path,
+                    }
+                ),
+                needs=(candidates, ratings, loop_reward),
+            )
 
         # Held-out personas: the base and every epoch checkpoint, then evaluation.
         tests = []
         if aligned is not None:
+            base = params.generate_test.model_copy(update={"policy": params.generate.policy})
             checkpoints = [(None, 0), *[(c.path, c.epoch) for c in aligned.training.checkpoints]]
             for adapter, epoch in checkpoints:
                 tests.append(
                     stage(
                         "generate",
-                        params.generate_test.model_copy(
-                            update={"adapter": adapter, "epoch": epoch, "checkpoint": None}
-                        ),
+                        base.model_copy(update={"adapter": adapter, "epoch": epoch}),
                         label=f"generate:test:e{epoch}",
                         needs=(aligned,),
                     )
                 )
-        evaluation_params = params.evaluate
-        if tests:
-            evaluation_params = evaluation_params.model_copy(
-                update={
-                    "generated_files": [test.output_file for test in tests],
-                    "judge": LocalJudgeConfig(model_path=judge.model_path),
-                    "questionnaire": params.loop_reward.questionnaire_file,
-                    "reward": loop_reward.reward_path,
-                    "second_judge": LocalJudgeConfig(model_path=second.model_path)
-                    if second
-                    else None,
-                    "policy": evaluation_params.policy.model_copy(
-                        update={"checkpoints_dir": aligned.training.output_dir}
-                    ),
+        if tests and judge is not None and loop_reward is not None:
+            second_judge = {}
+            if second is not None and reward is not None:
+                second_questionnaire = params.second_judge.hal32q_questionnaire_file
+                if params.second_judge.questionnaire == "hal16q":
+                    second_questionnaire = params.second_judge.hal16q_questionnaire_file
+                second_judge = {
+                    "second_judge": LocalJudgeConfig(model_path=second.model_path),
+                    "second_questionnaire": second_questionnaire,
+                    "second_reward": reward.reward_path,
                 }
+            stage(
+                "evaluate",
+                params.evaluate.model_copy(
+                    update={
+                        "generated_files": [test.output_file for test in tests],
+                        "judge": LocalJudgeConfig(model_path=judge.model_path),
+                        "questionnaire": judge_questionnaire,
+                        "reward": loop_reward.reward_path,
+                        **second_judge,
+                        "policy": params.evaluate.policy.model_copy(
+                            update={"checkpoints_dir": aligned.training.output_dir}
+                        ),
+                    }
+                ),
+                needs=tuple(tests),
             )
-        stage("evaluate", evaluation_params, needs=tuple(tests))
 
         results = {label: result.model_dump(mode="json") for label, result in stage.results.items()}
         metrics = summary_metrics(stage.results)

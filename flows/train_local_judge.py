@@ -1,7 +1,7 @@
 """Flow ``train_local_judge``: recorded LLM ratings -> features -> CV + transfer -> fit -> register.
 
 hal train-local-judge                              # HAL32Q on turing/ratings32_gpt-5.csv
-hal train-local-judge --recipe infra/recipes/train_local_judge.yaml   # the same, as a recipe
+hal train-local-judge --recipe infra/recipes/train_local_judge_doctor_visits.yaml  # doctor visits
 hal train-local-judge --questionnaire hal16q       # the doctor's-visit judge (both domains)
 
 A ``hal16q`` judge rates the sixteen published HAL16Q statements under their HAL32Q ids; it is
@@ -162,9 +162,10 @@ class TrainLocalJudgeResult(BaseModel):
 
 
 @flow(name="train_local_judge", log_prints=True)
-def train_local_judge(params: TrainLocalJudgeParams | None = None) -> TrainLocalJudgeResult:
+def train_local_judge(
+    params: TrainLocalJudgeParams = TrainLocalJudgeParams(),  # noqa: B008
+) -> TrainLocalJudgeResult:
     """Train per-trait regressors that stand in for an LLM judge, evaluate and register them."""
-    params = params or TrainLocalJudgeParams()
     settings = get_settings()
     data_dir = settings.require_data_dir()
     hal16q = params.questionnaire == HAL16Q_ID

@@ -40,6 +40,14 @@ class DatasetSummary(BaseModel):
     failed_expectations: list[str]
 
 
+class ValidateDataResult(BaseModel):
+    """What the validation stage found, for the next stages to read."""
+
+    run_id: str = Field(description="MLflow run of this stage.")
+    datasets: list[DatasetSummary] = Field(description="One summary per file checked.")
+    quarantined_rows: int = Field(description="Rows quarantined over every file.")
+
+
 def _matching_files(data_dir: Path, pattern: str) -> list[Path]:
     """Files matching a glob relative to the data folder, or an absolute glob."""
     if Path(pattern).is_absolute():
@@ -52,9 +60,8 @@ def _label(path: Path, data_dir: Path) -> str:
 
 
 @flow(name="validate_data", log_prints=True)
-def validate_data(params: ValidateDataParams | None = None) -> list[DatasetSummary]:
+def validate_data(params: ValidateDataParams = ValidateDataParams()) -> ValidateDataResult:  # noqa: B008
     """Validate the data folder; every check's result and Data Docs go to MLflow."""
-    params = params or ValidateDataParams()
     settings = get_settings()
     data_dir = settings.require_data_dir()
     files = {
@@ -93,4 +100,6 @@ def validate_data(params: ValidateDataParams | None = None) -> list[DatasetSumma
     )
     for summary in summaries:
         print(f"{summary.file}: {summary.valid_rows}/{summary.rows} valid")
-    return summaries
+    return ValidateDataResult(
+        run_id=run.info.run_id, datasets=summaries, quarantined_rows=total_quarantined
+    )

@@ -279,12 +279,15 @@ def option_name(shortcut: Shortcut) -> str:
 
 
 def build_params(spec: StageCommand, values: dict):
-    """The stage's parameter model, or a usage error listing what is wrong."""
+    """The stage's parameter model (``values`` over its defaults), or a usage error listing
+    what is wrong."""
     from pydantic import ValidationError
+
+    from hal_core.recipes import params_from_recipe
 
     model = load_object(spec.params)
     try:
-        return model.model_validate(values)
+        return params_from_recipe(model, values)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in error.errors()

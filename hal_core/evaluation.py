@@ -40,8 +40,6 @@ from hal_core.paper import (
     HAL16Q_PUBLISHED_TRAIT_IDS,
     PaperWeights,
     WeightReading,
-    is_hal16q_published,
-    load_hal16q_published,
 )
 from hal_core.questionnaire import Questionnaire
 from hal_core.reward import HLReward
@@ -61,8 +59,6 @@ SOURCE_COLUMN = "_source"
 def load_rating_questionnaire(path: str | Path) -> Questionnaire:
     """A questionnaire file: the project's JSON, or the published HAL16Q prompt statements
     (under their HAL32Q ids, in published order; see :mod:`hal_core.paper`)."""
-    if is_hal16q_published(path):
-        return load_hal16q_published(path)
     return Questionnaire.load(path)
 
 

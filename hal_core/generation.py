@@ -52,43 +52,54 @@ class SamplingSettings(BaseModel):
 
 
 def load_candidates(candidates_path: str | Path, prompts_path: str | Path) -> pd.DataFrame:
-    """``synthlabs/candidates_*.csv`` joined with its prompts by ``persona_id``.
+    """The candidates table (prompt_id, prompt, candidate_id, response, model) from files.
 
-    Raises when a candidate's persona has no prompt, naming the file and row.
+    A ``generate`` output (it has ``system_prompt``) carries its own prompts: the persona card
+    the policy saw, so DPO trains on exactly that; its ``degenerate`` flags travel along. Other
+    tables (``synthlabs/candidates_*.csv``) are joined with ``prompts_path`` by ``persona_id``.
+    Raises when a column is missing or a candidate's persona has no prompt, naming file and row.
     """
     candidates = read_table(candidates_path)
-    prompts = read_table(prompts_path)
-    for column, table, path in (
-        ("persona_id", candidates, candidates_path),
+    generated = "system_prompt" in candidates.columns
+    required = [("persona_id", candidates, candidates_path)]
+    required += [
         ("dialogue_id", candidates, candidates_path),
         ("dialogue", candidates, candidates_path),
-        ("persona_id", prompts, prompts_path),
-        ("prompt", prompts, prompts_path),
-    ):
+    ]
+    if not generated:
+        prompts = read_table(prompts_path)
+        required += [("persona_id", prompts, prompts_path), ("prompt", prompts, prompts_path)]
+    for column, table, path in required:
         if column not in table.columns:
             raise ValueError(f"{path}: missing column {column!r}")
-    duplicated = prompts["persona_id"].duplicated()
-    if duplicated.any():
-        row = prompts.loc[duplicated, "_row"].iloc[0]
-        raise ValueError(f"{prompts_path} row {row}: persona_id is not unique")
-    by_persona = prompts.set_index("persona_id")["prompt"]
-    missing = ~candidates["persona_id"].isin(by_persona.index)
-    if missing.any():
-        row = candidates.loc[missing, "_row"].iloc[0]
-        persona = candidates.loc[missing, "persona_id"].iloc[0]
-        raise ValueError(
-            f"{candidates_path} row {row}: persona_id {persona} has no prompt in {prompts_path}"
-        )
+    if generated:
+        prompt = candidates["system_prompt"].fillna("").astype(str)
+    else:
+        duplicated = prompts["persona_id"].duplicated()
+        if duplicated.any():
+            row = prompts.loc[duplicated, "_row"].iloc[0]
+            raise ValueError(f"{prompts_path} row {row}: persona_id is not unique")
+        by_persona = prompts.set_index("persona_id")["prompt"]
+        missing = ~candidates["persona_id"].isin(by_persona.index)
+        if missing.any():
+            row = candidates.loc[missing, "_row"].iloc[0]
+            persona = candidates.loc[missing, "persona_id"].iloc[0]
+            raise ValueError(
+                f"{candidates_path} row {row}: persona_id {persona} has no prompt in {prompts_path}"
+            )
+        prompt = candidates["persona_id"].map(by_persona).astype(str)
     table = pd.DataFrame(
         {
             "_row": candidates["_row"],
             "prompt_id": candidates["persona_id"].astype(str),
-            "prompt": candidates["persona_id"].map(by_persona).astype(str),
+            "prompt": prompt,
             "candidate_id": candidates["dialogue_id"].astype(str),
             "response": candidates["dialogue"].fillna("").astype(str),
             "model": candidates["model"].astype(str) if "model" in candidates else "unknown",
         }
     )
+    if generated:
+        table["degenerate"] = candidates["degenerate"].fillna("").astype(str)
     table.attrs["source"] = str(candidates_path)
     return table
 

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from hal_core.domain import OUT_OF_DOMAIN_COLUMN, both_out_of_domain
+
 CANDIDATE_COLUMNS = ("prompt_id", "prompt", "candidate_id", "response", "hl")
 """The scored-candidates table: one row per candidate response, ``hl`` its HL score."""
 
@@ -49,6 +51,16 @@ class PairingConfig(BaseModel):
     )
     seed: int = Field(default=0, description="Seed of the prompt split.")
     histogram_bins: int = Field(default=10, ge=1, description="Bins of the delta histogram.")
+    max_pairs_per_prompt: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep a prompt's pairs with the largest HL differences, at most this many; "
+        "None keeps all.",
+    )
+    drop_both_out_of_domain: bool = Field(
+        default=False,
+        description="Drop a pair when the judge flagged both of its dialogues out of domain.",
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class PreferencePairs:
     n_candidates: int
     n_prompts: int
     excluded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    n_dropped_out_of_domain: int = 0
 
     def stats(self, bins: int = 10) -> dict:
         """Counts, coverage and the histogram of score differences, for logging."""
@@ -74,6 +87,7 @@ class PreferencePairs:
             "n_excluded": len(self.excluded),
             "n_prompts": self.n_prompts,
             "n_pairs": len(self.pairs),
+            "n_dropped_out_of_domain": self.n_dropped_out_of_domain,
             "prompts_covered": int(per_prompt.size),
             "prompts_covered_fraction": per_prompt.size / self.n_prompts if self.n_prompts else 0.0,
             "pairs_per_prompt_mean": float(per_prompt.mean()) if per_prompt.size else 0.0,
@@ -105,8 +119,12 @@ def _row_label(frame: pd.DataFrame, index: object) -> str:
 
 
 def exclusions(candidates: pd.DataFrame) -> pd.DataFrame:
-    """Candidates that cannot be paired, each with its reason (missing score, empty text)."""
+    """Candidates that cannot be paired, each with its reason (missing score, empty text, a
+    ``degenerate`` flag of generated dialogues)."""
     reasons = pd.Series("", index=candidates.index, dtype=object)
+    if "degenerate" in candidates.columns:
+        flag = candidates["degenerate"].fillna("").astype(str).str.strip()
+        reasons[flag != ""] = "degenerate: " + flag[flag != ""]
     scores = pd.to_numeric(candidates["hl"], errors="coerce")
     reasons[~np.isfinite(scores.to_numpy(float))] = "no HL score"
     empty = candidates["response"].fillna("").astype(str).str.strip() == ""
@@ -123,11 +141,19 @@ def _pair_id(prompt_id: object, chosen_id: object, rejected_id: object) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def build_pairs(candidates: pd.DataFrame, k: float = 0.5) -> PreferencePairs:
-    """All pairs within a prompt whose HL difference exceeds ``k·σ``; chosen has the higher HL.
+def build_pairs(
+    candidates: pd.DataFrame,
+    k: float = 0.5,
+    max_pairs_per_prompt: int | None = None,
+    drop_both_out_of_domain: bool = False,
+) -> PreferencePairs:
+    """Pairs within a prompt whose HL difference exceeds ``k·σ``; chosen has the higher HL.
 
-    ``σ`` is computed over every scored candidate. Candidates without a finite score or with an
-    empty text are returned in ``excluded`` with their reason, never silently dropped.
+    ``σ`` is computed over every scored candidate. Candidates without a finite score, with an
+    empty text or flagged degenerate are returned in ``excluded`` with their reason, never
+    silently dropped. ``max_pairs_per_prompt`` keeps a prompt's largest differences;
+    ``drop_both_out_of_domain`` drops pairs whose two candidates carry a true
+    ``out_of_domain`` flag (counted in ``n_dropped_out_of_domain``).
     """
     _require_columns(candidates, CANDIDATE_COLUMNS)
     source = candidates.attrs.get("source", "<candidates>")
@@ -143,14 +169,27 @@ def build_pairs(candidates: pd.DataFrame, k: float = 0.5) -> PreferencePairs:
     scores = pd.to_numeric(usable["hl"]).to_numpy(float)
     sigma = float(np.std(scores)) if len(scores) else 0.0
     threshold = k * sigma
-    rows = []
+    rows, dropped_out_of_domain = [], 0
     for prompt_id, group in usable.groupby("prompt_id", sort=True):
         ordered = group.sort_values("candidate_id", kind="stable")
         records = ordered.to_dict("records")
+        kept = []
         for first, second in combinations(records, 2):
             difference = float(first["hl"]) - float(second["hl"])
             if abs(difference) <= threshold:
                 continue
+            if (
+                drop_both_out_of_domain
+                and both_out_of_domain(
+                    [first.get(OUT_OF_DOMAIN_COLUMN)], [second.get(OUT_OF_DOMAIN_COLUMN)]
+                ).all()
+            ):
+                dropped_out_of_domain += 1
+                continue
+            kept.append((first, second, difference))
+        if max_pairs_per_prompt is not None:
+            kept = sorted(kept, key=lambda item: -abs(item[2]))[:max_pairs_per_prompt]
+        for first, second, difference in kept:
             chosen, rejected = (first, second) if difference > 0 else (second, first)
             rows.append(
                 {
@@ -176,6 +215,7 @@ def build_pairs(candidates: pd.DataFrame, k: float = 0.5) -> PreferencePairs:
         n_candidates=len(candidates),
         n_prompts=int(candidates["prompt_id"].nunique()),
         excluded=excluded,
+        n_dropped_out_of_domain=dropped_out_of_domain,
     )
 
 

@@ -99,11 +99,16 @@ class Questionnaire(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Questionnaire:
+        """A questionnaire JSON, or the published HAL16Q statements (under their HAL32Q ids)."""
         path = Path(path)
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from error
+        if isinstance(payload, dict) and "statements_in_rating_order" in payload:
+            from hal_core.paper import load_hal16q_published  # the paper's layout
+
+            return load_hal16q_published(path)
         payload.pop("version", None)
         try:
             return cls.model_validate(payload)

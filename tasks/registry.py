@@ -29,6 +29,10 @@ class RewardPyfunc(mlflow.pyfunc.PythonModel):
         return pd.Series(self.reward.score(model_input), name="hl", index=model_input.index)
 
 
+CHALLENGER_ALIAS = "challenger"
+"""Alias of the newest registered version; ``@champion`` follows only a guarded decision."""
+
+
 def reward_signature(reward: HLReward) -> ModelSignature:
     """One required column per trait id. Their type is ``any``: MLflow refuses int64 for a
     ``double`` column (and float for ``long``), while ratings arrive as either; the reward's

@@ -32,10 +32,11 @@ from hal_core.reward_comparison import (
     compare_candidates,
 )
 from hal_core.reward_inputs import RatingsSource, rated_witnesses
+from hal_core.reward_promotion import RewardPromotion, decide_reward_promotion
 from hal_core.settings import HalSettings
 from hal_core.shape_reward import ShapeConfig, ShapeRewardRegression
 from hal_core.stability import StabilityConfig, stability_table
-from hal_core.tables import read_table, witness_ratings
+from hal_core.tables import file_sha256, read_table, witness_ratings
 from hal_core.trait_matching import (
     TraitMatching,
     embed_questionnaire,
@@ -43,7 +44,7 @@ from hal_core.trait_matching import (
     matched_witnesses,
 )
 from tasks import tracking
-from tasks.registry import log_reward_model
+from tasks.registry import CHALLENGER_ALIAS, log_reward_model
 from tasks.retries import retry_unless_bad_input
 from tasks.validation import Policy, validate_dataset
 
@@ -556,9 +557,63 @@ def save_reward(
 
 
 @task(name="register_reward", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def register_reward(
-    run_id: str, reward: reward_core.HLReward, reward_path: Path, name: str, alias: str | None
-) -> str | None:
-    """Log the reward as a pyfunc model in the run and register it under ``name@alias``."""
+def register_reward(run_id: str, reward: reward_core.HLReward, reward_path: Path, name: str) -> str:
+    """Log the reward as a pyfunc model in the run and register it as ``name@challenger``."""
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        return log_reward_model(reward, str(reward_path), name, alias)
+        version = log_reward_model(reward, str(reward_path), name, CHALLENGER_ALIAS)
+    MlflowClient().update_model_version(
+        name,
+        version,
+        description=f"{reward.kind} HL reward over {len(reward.trait_ids)} traits "
+        f"({', '.join(reward.trait_ids)}), reward version {reward.version}, run {run_id}",
+    )
+    return version
+
+
+@task(name="promote_reward", cache_policy=NO_CACHE)
+def promote_reward(
+    run_id: str,
+    reward: reward_core.HLReward,
+    name: str,
+    version: str,
+    alias: str,
+    check_path: Path,
+    reference: Questionnaire,
+    settings: HalSettings,
+) -> RewardPromotion:
+    """Move ``name@alias`` to ``version`` only when it is at least as good as the current
+    holder on the check set; the decision goes to an MLflow tag and a Prefect artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.scoring import load_reward
+
+    client = MlflowClient()
+    champion, champion_version = None, None
+    try:
+        held = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        held = None
+    if held is not None and held.version != version:
+        champion_version = held.version
+        champion = load_reward(f"models:/{name}/{held.version}", settings)
+    witnesses = witness_ratings(read_table(check_path), reference)
+    decision = decide_reward_promotion(
+        reward,
+        champion,
+        witnesses,
+        check_set=check_path.name,
+        check_version=file_sha256(check_path)[:12],
+        champion_version=champion_version,
+    )
+    if decision.promote:
+        client.set_registered_model_alias(name, alias, version)
+    verdict = f"promoted to @{alias}" if decision.promote else f"kept v{champion_version}"
+    client.set_model_version_tag(name, version, "promotion", f"{verdict}: {decision.reason}")
+    mlflow.MlflowClient().set_tag(run_id, "hal.promotion", f"{name} v{version} {verdict}")
+    tracking.log_json(run_id, decision.model_dump(mode="json"), "promotion.json")
+    create_markdown_artifact(
+        key="reward-promotion",
+        markdown=f"**{name} v{version}**: {verdict}\n\n{decision.reason}",
+        description=f"{name} v{version}: {verdict}",
+    )
+    return decision

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core import preferences
 from hal_core.generation import load_candidates
+from hal_core.judges.runner import ID_COLUMN
 from hal_core.policy_model import resolve_policy_model
 from hal_core.preferences import PairingConfig, PreferencePairs
 from hal_core.settings import PROJECT_ROOT, HalSettings
@@ -105,14 +106,32 @@ class TrainingOutcome(BaseModel):
 @task(name="read_candidates", cache_policy=NO_CACHE)
 def read_candidates(candidates_file: str, prompts_file: str, settings: HalSettings) -> pd.DataFrame:
     """The candidates table (prompt_id, prompt, candidate_id, response, model) from files."""
-    return load_candidates(settings.data_path(candidates_file), settings.data_path(prompts_file))
+    return load_candidates(settings.input_path(candidates_file), settings.input_path(prompts_file))
 
 
 @task(name="read_scores", cache_policy=NO_CACHE)
 def read_scores(scores_file: str, settings: HalSettings) -> pd.DataFrame:
     """A precomputed scores table (a candidate id and an HL score per row)."""
-    path = Path(scores_file)
-    return read_table(path if path.is_file() else settings.data_path(scores_file))
+    return read_table(settings.input_path(scores_file))
+
+
+@task(name="read_ratings_table", cache_policy=NO_CACHE)
+def read_ratings_table(ratings_file: str, settings: HalSettings) -> pd.DataFrame:
+    """A ratings table (rate_dialogues output) indexed by its ``item_id`` as text."""
+    path = settings.input_path(ratings_file)
+    table = read_table(path)
+    if ID_COLUMN not in table.columns:
+        raise ValueError(f"{path}: missing column {ID_COLUMN!r} (rule: a rate_dialogues output)")
+    duplicated = table[ID_COLUMN].astype(str).duplicated()
+    if duplicated.any():
+        first = table.index[duplicated][0]
+        raise ValueError(
+            f"{path} row {table.at[first, ROW_COLUMN]}: {ID_COLUMN} "
+            f"{table.at[first, ID_COLUMN]!r} is not unique"
+        )
+    indexed = table.set_index(table[ID_COLUMN].astype(str))
+    indexed.attrs["source"] = str(path)
+    return indexed
 
 
 @task(name="score_candidates", cache_policy=NO_CACHE)
@@ -131,7 +150,8 @@ def score_candidates(
     scored = candidates.copy()
     result = scorer(candidates)
     scored["hl"] = result["hl"].to_numpy(float)
-    scored["score_error"] = result["score_error"].to_numpy(object)
+    for column in result.columns.drop("hl"):
+        scored[column] = result[column].to_numpy(object)
     return scored
 
 
@@ -140,8 +160,13 @@ def score_candidates(
 
 @task(name="build_preference_pairs", cache_policy=NO_CACHE)
 def build_preference_pairs(scored: pd.DataFrame, config: PairingConfig) -> PreferencePairs:
-    """Same-prompt pairs whose HL scores differ by more than k·σ."""
-    return preferences.build_pairs(scored, k=config.k)
+    """Same-prompt pairs whose HL scores differ by more than k·σ (the config's other rules)."""
+    return preferences.build_pairs(
+        scored,
+        k=config.k,
+        max_pairs_per_prompt=config.max_pairs_per_prompt,
+        drop_both_out_of_domain=config.drop_both_out_of_domain,
+    )
 
 
 @task(name="validate_preference_pairs", cache_policy=NO_CACHE)
@@ -274,7 +299,7 @@ def prepare_policy_model(
     corpus = None
     if model_name_or_path == TINY_MODEL_NAME:
         corpus = synthlabs_corpus(
-            settings.data_path(prompts_file), settings.data_path(candidates_file)
+            settings.input_path(prompts_file), settings.input_path(candidates_file)
         )
     return resolve_policy_model(model_name_or_path, settings.home_dir / "models", corpus)
 

@@ -73,7 +73,7 @@ def test_validate_keeps_the_first_of_a_repeated_id_and_writes_formula_cells_iner
 
     (summary,) = validate_data(
         ValidateDataParams(datasets={str(path): "turing_games"}, policy="quarantine")
-    )
+    ).datasets
     assert (summary.rows, summary.valid_rows, summary.quarantined_rows) == (557, 556, 1)
     (failure,) = summary.failed_expectations
     assert failure.startswith(

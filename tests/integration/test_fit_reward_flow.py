@@ -61,6 +61,12 @@ def test_champion_alias_serves_hl_scores_by_trait_id(fitted, settings, data_dir)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri())
     version = MlflowClient().get_model_version_by_alias("hal-reward", "champion")
     assert str(version.version) == fitted.registered_version
+    # guarded promotion: registered as challenger, champion because none held the alias yet
+    assert fitted.promotion.promote and fitted.promotion.reason == "no champion yet"
+    assert fitted.promotion.check_set == "ratings32_gpt-5-mini.csv"
+    assert 0.7 < fitted.promotion.challenger_paired_accuracy <= 1.0
+    assert version.tags["promotion"].startswith("promoted to @champion")
+    assert "challenger" in version.aliases and version.description.startswith("linear HL reward")
     model = mlflow.pyfunc.load_model("models:/hal-reward@champion")
     rng = np.random.default_rng(1)
     ratings = pd.DataFrame(
@@ -238,9 +244,11 @@ def test_validate_flow_quarantines_and_logs(settings, tmp_path):
     broken.loc[5, "who_is_human"] = "C"
     path = tmp_path / "games_broken.csv"
     broken.to_csv(path, index=False)
-    summaries = validate_data(
+    result = validate_data(
         ValidateDataParams(datasets={str(path): "turing_games"}, policy="quarantine")
     )
+    summaries = result.datasets
+    assert result.quarantined_rows == 1
     assert [(s.rows, s.valid_rows, s.quarantined_rows) for s in summaries] == [(557, 556, 1)]
     mlflow.set_tracking_uri(settings.resolved_tracking_uri())
     run = MlflowClient().search_runs(
@@ -259,7 +267,7 @@ def test_same_named_files_in_different_folders_keep_separate_validation_evidence
                 "aligned_outputs/Llama-3.2-*-Instruct/samples_epoch_00_*.csv": "aligned_outputs16"
             }
         )
-    )
+    ).datasets
     assert [s.file for s in summaries] == [
         "aligned_outputs/Llama-3.2-1B-Instruct/samples_epoch_00_scored_gpt-5.csv",
         "aligned_outputs/Llama-3.2-3B-Instruct/samples_epoch_00_scored_gpt-5.csv",

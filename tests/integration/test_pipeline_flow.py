@@ -11,19 +11,19 @@ pytestmark = pytest.mark.integration
 SMALL = {
     "stages": ["validate_data", "fit_reward"],
     "validate_data": {"datasets": {"turing/ratings32_gpt-5.csv": "turing_ratings32"}},
-    "fit_reward": {"reward": {"paper_cv_seeds": [57, 14]}, "alias": "pipeline-test"},
-    "cross_judge_ratings": ["turing/ratings32_gpt-5-mini.csv"],
+    "fit_reward": {
+        "reward": {"paper_cv_seeds": [57, 14], "cv_folds": 5},
+        "stability": {"n_bootstraps": 5},
+        "cross_judge_files": [],
+        "alias": "pipeline-test",
+    },
 }
 
 
 def test_second_run_with_nothing_changed_skips_every_stage(settings):
     first = hal_pipeline(PipelineParams(**SMALL))
     assert first.cached == []
-    assert set(first.stages) == {
-        "validate_data",
-        "fit_reward",
-        "fit_reward:ratings32_gpt-5-mini",
-    }
+    assert set(first.stages) == {"validate_data", "fit_reward"}
     assert first.metrics["n_selected"] == 16
 
     mlflow.set_tracking_uri(settings.resolved_tracking_uri())
@@ -34,11 +34,7 @@ def test_second_run_with_nothing_changed_skips_every_stage(settings):
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'",
     )
-    assert sorted(run.info.run_name for run in children) == [
-        "fit_reward",
-        "fit_reward",
-        "validate_data",
-    ]
+    assert sorted(run.info.run_name for run in children) == ["fit_reward", "validate_data"]
     assert parent.data.metrics["cv.accuracy.mean"] == first.metrics["cv.accuracy.mean"]
 
     second = hal_pipeline(PipelineParams(**SMALL))
@@ -47,6 +43,6 @@ def test_second_run_with_nothing_changed_skips_every_stage(settings):
     rerun = client.get_run(second.run_id)
     assert rerun.data.params["stage.fit_reward.cached_from"] == first.stages["fit_reward"]["run_id"]
 
-    changed = dict(SMALL, fit_reward={**SMALL["fit_reward"], "reward": {"paper_cv_seeds": [57]}})
+    changed = dict(SMALL, fit_reward={**SMALL["fit_reward"], "alias": "pipeline-test-2"})
     third = hal_pipeline(PipelineParams(**changed))
     assert "fit_reward" not in third.cached and "validate_data" in third.cached

@@ -15,6 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from pydantic import BaseModel
 
+from hal_core.recipes import params_from_recipe
 from hal_core.settings import PROJECT_ROOT, HalSettings
 
 INFRA = PROJECT_ROOT / "infra"
@@ -228,9 +229,9 @@ def test_multi_node_doc_names_files_that_exist() -> None:
 
 
 STAGE_RECIPES = {
-    "fit_reward.yaml": "flows.fit_reward:FitRewardParams",
+    "fit_reward_glass_box.yaml": "flows.fit_reward:FitRewardParams",
     "pipeline.yaml": "flows.pipeline:PipelineParams",
-    "train_local_judge.yaml": "flows.train_local_judge:TrainLocalJudgeParams",
+    "train_local_judge_doctor_visits.yaml": "flows.train_local_judge:TrainLocalJudgeParams",
     "derive_traits.yaml": "hal_core.derivation:DerivationRecipe",
 }
 
@@ -245,14 +246,36 @@ def test_every_stage_recipe_loads_into_its_parameter_model() -> None:
         values = yaml.safe_load((INFRA / "recipes" / name).read_text())
         parameters = getattr(importlib.import_module(module), model)
         assert parameters.model_config.get("extra") == "forbid", f"{model} accepts unknown keys"
-        parameters.model_validate(values)  # raises on an unknown key or a wrong type
+        params_from_recipe(parameters, values)  # raises on an unknown key or a wrong type
+        if not module.startswith("flows."):
+            continue  # a method recipe (like infra/recipes/dpo/) spells out every setting
+        # a stage recipe holds only what differs from the defaults
+        defaults = parameters().model_dump(mode="json") if _has_defaults(parameters) else {}
+        repeated = [key for key, value in values.items() if defaults.get(key) == value]
+        assert not repeated, f"{name} repeats defaults: {repeated}"
 
 
-def test_local_judge_recipe_keeps_the_flow_defaults() -> None:
+def _has_defaults(model) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        model()
+    except ValidationError:
+        return False
+    return True
+
+
+def test_the_doctor_visit_judge_recipe_is_the_pipelines_training_judge() -> None:
+    from flows.pipeline import PipelineParams
     from flows.train_local_judge import TrainLocalJudgeParams
 
-    values = yaml.safe_load((INFRA / "recipes" / "train_local_judge.yaml").read_text())
-    assert TrainLocalJudgeParams.model_validate(values) == TrainLocalJudgeParams()
+    values = yaml.safe_load(
+        (INFRA / "recipes" / "train_local_judge_doctor_visits.yaml").read_text()
+    )
+    recipe = params_from_recipe(TrainLocalJudgeParams, values)
+    pipeline = PipelineParams().train_local_judge
+    assert recipe.questionnaire == pipeline.questionnaire == "hal16q"
+    assert recipe.features == pipeline.features and recipe.regressor == pipeline.regressor
 
 
 def test_every_shipped_judge_config_loads_and_the_recorded_one_replays(data_dir) -> None:

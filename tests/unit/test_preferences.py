@@ -148,3 +148,54 @@ def test_attach_scores_joins_by_id_and_records_misses():
     assert np.isnan(scored["hl"].tolist()[0])
     assert scored["score_error"].tolist()[0] == "no score in s.csv"
     assert pd.isna(scored["score_error"].tolist()[1])
+
+
+def test_degenerate_candidates_are_excluded_with_their_reason():
+    frame = table([("p", "a", 1.0), ("p", "b", 0.0), ("p", "c", 2.0)])
+    frame["degenerate"] = ["", "", "repeated_lines"]
+    result = build_pairs(frame, k=0.0)
+    assert result.pairs[["chosen_id", "rejected_id"]].values.tolist() == [["a", "b"]]
+    assert result.excluded["reason"].tolist() == ["degenerate: repeated_lines"]
+
+
+def test_a_prompt_keeps_its_largest_differences_up_to_the_cap():
+    frame = table([("p", "a", 0.0), ("p", "b", 1.0), ("p", "c", 3.0), ("p", "d", 3.5)])
+    capped = build_pairs(frame, k=0.0, max_pairs_per_prompt=2).pairs
+    assert sorted(capped["delta"].tolist()) == [3.0, 3.5]
+    assert len(build_pairs(frame, k=0.0).pairs) == 6
+
+
+def test_pairs_of_two_out_of_domain_dialogues_are_dropped_when_asked():
+    frame = table([("p", "a", 0.0), ("p", "b", 1.0), ("p", "c", 2.0)])
+    frame["out_of_domain"] = [True, True, None]
+    kept = build_pairs(frame, k=0.0, drop_both_out_of_domain=True)
+    assert sorted(map(sorted, kept.pairs[["chosen_id", "rejected_id"]].values.tolist())) == [
+        ["a", "c"],
+        ["b", "c"],
+    ]
+    assert kept.stats()["n_dropped_out_of_domain"] == 1
+    assert len(build_pairs(frame, k=0.0).pairs) == 3
+
+
+def test_a_generated_table_brings_its_own_prompts(tmp_path):
+    from hal_core.dialogue_generation import DIALOGUE_COLUMNS
+
+    rows = [
+        {column: "" for column in DIALOGUE_COLUMNS}
+        | {
+            "dialogue_id": f"7-base-s0-{i}",
+            "persona_id": 7,
+            "prompt_id": 7,
+            "model": "m",
+            "system_prompt": "You are Ann, a patient.",
+            "dialogue": f"D: Hi.\nP: Hello {i}.",
+            "degenerate": "empty" if i == 2 else "",
+        }
+        for i in range(3)
+    ]
+    path = tmp_path / "generated.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    candidates = load_candidates(path, tmp_path / "no-prompts-needed.csv")
+    assert candidates["prompt"].tolist() == ["You are Ann, a patient."] * 3
+    assert candidates["candidate_id"].tolist() == ["7-base-s0-0", "7-base-s0-1", "7-base-s0-2"]
+    assert candidates["degenerate"].tolist() == ["", "", "empty"]
