@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -370,9 +371,17 @@ def demo() -> None:
 @app.command()
 @click.option("--experiment", default=None, help="MLflow experiment; default: the pipeline's.")
 @click.option("--max-runs", default=20, show_default=True, help="Most recent runs to show.")
-def compare(experiment: str | None, max_runs: int) -> None:
-    """Compare pipeline runs: reward accuracy, selected traits, DPO margins, HL gain, and the
-    reward comparison table of the latest run."""
+@click.option(
+    "--reward-run",
+    default=None,
+    metavar="RUN_ID",
+    help="fit_reward run whose reward comparison table is shown; default: the latest one that "
+    "logged it (in --experiment, else in the pipeline's and the reward stage's experiments).",
+)
+def compare(experiment: str | None, max_runs: int, reward_run: str | None) -> None:
+    """Compare pipeline runs: reward accuracy, selected traits, DPO margins, HL gain; then the
+    reward comparison table (every reward model on the same game-grouped folds) of a
+    fit_reward run."""
     from hal_core.settings import get_settings
     from tasks.evaluation import COMPARE_METRICS, fetch_pipeline_runs
     from tasks.tracking import configure_tracking
@@ -383,12 +392,57 @@ def compare(experiment: str | None, max_runs: int) -> None:
     table = fetch_pipeline_runs.fn(name, max_runs)
     if table.empty:
         click.echo(f"no runs in MLflow experiment {name!r}")
-        return
-    table["run_id"] = table["run_id"].str[:12]
-    for column in COMPARE_METRICS:
-        digits = 0 if column == "n_selected" else 4
-        table[column] = [f"{value:.{digits}f}" if value == value else "" for value in table[column]]
-    click.echo(table.to_string(index=False))
+    else:
+        table["run_id"] = table["run_id"].str[:12]
+        for column in COMPARE_METRICS:
+            digits = 0 if column == "n_selected" else 4
+            table[column] = [
+                f"{value:.{digits}f}" if value == value else "" for value in table[column]
+            ]
+        click.echo(table.to_string(index=False))
+    experiments = [name] if experiment else [name, settings.experiment_reward]
+    echo_reward_comparison(reward_run, list(dict.fromkeys(experiments)))
+
+
+def echo_reward_comparison(run_id: str | None, experiments: list[str]) -> None:
+    """Print a fit_reward run's reward_comparison table: the run named, else the latest one
+    (nothing when no run logged one)."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.reward import (
+        COMPARISON_ARTIFACT,
+        latest_reward_comparison_run,
+        load_reward_comparison,
+    )
+
+    # a progress bar for one small JSON file is noise between two tables
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if run_id is None:
+        run = latest_reward_comparison_run(experiments)
+        if run is None:
+            return
+    else:
+        try:
+            run = MlflowClient().get_run(run_id)
+        except MlflowException as error:
+            raise click.ClickException(f"--reward-run {run_id}: {error.message}") from error
+        listed = {a.path for a in MlflowClient().list_artifacts(run_id)}
+        if f"{COMPARISON_ARTIFACT}.json" not in listed:
+            raise click.ClickException(
+                f"--reward-run {run_id} ({run.info.run_name}) logged no "
+                f"{COMPARISON_ARTIFACT}.json: only a fit_reward run writes the reward comparison"
+            )
+    table = load_reward_comparison(run.info.run_id)
+    start = pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")
+    folds = ", ".join(
+        f"{f} game-grouped folds, fold seed {s}"
+        for f, s in table[["folds", "fold_seed"]].drop_duplicates().itertuples(index=False)
+    )
+    click.echo(f"\nreward comparison of fit_reward run {run.info.run_id} ({start}; {folds}):")
+    shown = table.drop(columns=["folds", "fold_seed"])
+    click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 @app.command()

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -528,6 +529,25 @@ def log_reward_comparison(run_id: str, table: pd.DataFrame) -> None:
         for column in ("cv_grouped_accuracy", "paired_accuracy"):
             metrics[comparison_metric_key(row, column)] = float(row[column])
     tracking.log_metrics(run_id, metrics)
+
+
+def latest_reward_comparison_run(experiments: list[str], scan: int = 50) -> Run | None:
+    """The newest finished ``fit_reward`` run of these experiments (by name) that logged the
+    comparison table; runs without it (failed, or from before the table) are passed over."""
+    client = MlflowClient()
+    ids = [e.experiment_id for e in map(client.get_experiment_by_name, experiments) if e]
+    if not ids:
+        return None
+    runs = client.search_runs(
+        ids,
+        filter_string="attributes.run_name = 'fit_reward' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=scan,
+    )
+    name = f"{COMPARISON_ARTIFACT}.json"
+    return next(
+        (r for r in runs if name in {a.path for a in client.list_artifacts(r.info.run_id)}), None
+    )
 
 
 def load_reward_comparison(run_id: str) -> pd.DataFrame:

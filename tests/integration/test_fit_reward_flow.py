@@ -126,6 +126,22 @@ def test_comparison_stability_and_glass_box_are_logged(fitted, settings):
     assert run.data.params["reward.kind"] == "linear"
 
 
+def test_hal_compare_prints_the_runs_reward_comparison(fitted, settings):
+    from click.testing import CliRunner
+
+    from hal_cli.commands import app
+
+    output = CliRunner().invoke(app, ["compare", "--reward-run", fitted.run_id])
+    assert output.exit_code == 0, output.output
+    text = output.output
+    assert f"reward comparison of fit_reward run {fitted.run_id}" in text
+    printed = [line.split() for line in text[text.index("reward comparison of") :].splitlines()]
+    for row in fitted.comparison:  # every (judge, model, trait set) with its two accuracies
+        accuracies = [f"{row['cv_grouped_accuracy']:.4f}", f"{row['paired_accuracy']:.4f}"]
+        key = [row["judge"], row["model"], row["trait_set"], str(row["n_traits"]), *accuracies]
+        assert key in [line[:4] + line[-2:] for line in printed]
+
+
 DERIVED_TEXTS = {
     "t01": "Uses casual texting style with lowercase and small typos.",
     "t02": "Discusses the tax code of medieval Venice in detail.",

@@ -250,18 +250,23 @@ def test_shape_reward_file_that_breaks_a_rule_names_the_key(tmp_path, payload, k
 
 
 def test_hal_score_stops_on_a_nan_reward_or_an_off_scale_rating(tmp_path):
-    from flows.scoring import score_file
+    from hal_core.scoring import RatingValueError, hl_scores
+    from hal_core.settings import HalSettings
+    from tasks.scoring import load_reward, read_ratings
+
+    def score(ratings_path, reward_path):  # what the score_ratings flow does, task by task
+        reward = load_reward.fn(str(reward_path), HalSettings(home=tmp_path))
+        return hl_scores(read_ratings.fn(ratings_path)[1], reward)
 
     ratings = tmp_path / "ratings.csv"
     pd.DataFrame({"t01": [1, 3], "t02": [5, 2]}).to_csv(ratings, index=False)
     broken = tmp_path / "reward.json"
     broken.write_text('{"weights": {"t01": NaN, "t02": 1.0}, "bias": 0.0}')
     with pytest.raises(RewardFileError, match=rf"{broken}: key 'weights.t01'"):
-        score_file(ratings, str(broken))
+        score(ratings, broken)
     good = HLReward(shapes={"t01": (0, 1, 2, 3, 4.0), "t02": (0, 0, 1, 1, 1.0)}, bias=0.5)
     path = good.save(tmp_path / "shape.json")
-    scored = pd.read_csv(score_file(ratings, str(path)))
-    np.testing.assert_allclose(scored["hl"], [0.5 + 0 + 1, 0.5 + 2 + 0])
+    np.testing.assert_allclose(score(ratings, path)["hl"], [0.5 + 0 + 1, 0.5 + 2 + 0])
     pd.DataFrame({"t01": [1, 7], "t02": [5, 2]}).to_csv(ratings, index=False)
-    with pytest.raises(RatingsError, match=rf"{ratings}: row 2 column t01: 7 is off the rating"):
-        score_file(ratings, str(path))
+    with pytest.raises(RatingValueError, match=rf"{ratings} row 2, column t01: 7 is not a rating"):
+        score(ratings, path)
