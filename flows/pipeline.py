@@ -92,6 +92,10 @@ def _second_judge() -> TrainLocalJudgeParams:
     )
 
 
+def _derived_reward() -> FitRewardParams:
+    return FitRewardParams(ratings_source="matched_to_hal32q", register_as=None, alias=None)
+
+
 def _loop_reward() -> FitRewardParams:
     return FitRewardParams(register_as=None, alias=None)
 
@@ -131,11 +135,11 @@ class PipelineParams(BaseModel):
         default_factory=FitRewardParams,
         description="The HAL32Q reward on the Turing ratings (registered as hal-reward).",
     )
-    derived_reward: bool = Field(
-        default=True,
-        description="Also fit the reward on the derived questionnaire, offline: each derived "
-        "trait takes the recorded ratings of its nearest HAL32Q trait (fit_reward's settings, "
-        "not registered).",
+    derived_reward: FitRewardParams | None = Field(
+        default_factory=_derived_reward,
+        description="The reward on the derived questionnaire, offline: each derived trait "
+        "takes the recorded ratings of its nearest HAL32Q trait (questionnaire_file is set "
+        "from derive_traits); None = not fitted.",
     )
     train_local_judge: TrainLocalJudgeParams = Field(
         default_factory=_training_judge,
@@ -244,16 +248,11 @@ def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  
                 )
         traits = stage("derive_traits", derivation)
         reward = stage("fit_reward", params.fit_reward)
-        if params.derived_reward and traits is not None:
+        if params.derived_reward is not None and traits is not None:
             stage(
                 "fit_reward",
-                params.fit_reward.model_copy(
-                    update={
-                        "questionnaire_file": traits.questionnaire_path,
-                        "ratings_source": "matched_to_hal32q",
-                        "register_as": None,
-                        "alias": None,
-                    }
+                params.derived_reward.model_copy(
+                    update={"questionnaire_file": traits.questionnaire_path}
                 ),
                 label="fit_reward:derived",
                 needs=(traits,),
