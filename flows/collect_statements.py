@@ -59,8 +59,7 @@ class CollectStatementsParams(BaseModel):
     )
     output_file: str | None = Field(
         default=None,
-        description="Statements CSV; None = "
-        "HAL_HOME/statements/<games stem>[-first<limit>]-<judge>.csv.",
+        description="Statements CSV; None = HAL_HOME/statements/GAMES[-firstLIMIT]-JUDGE.csv.",
     )
     cache_file: str | None = Field(
         default=None, description="SQLite cache; None = HAL_HOME/cache/ratings.sqlite."

@@ -85,7 +85,8 @@ class DeriveTraitsParams(BaseModel):
         "seed (they are deterministic); off = recompute every layout.",
     )
     questionnaire_name: str | None = Field(
-        default=None, description="Name of the derived questionnaire; default derived-<file>."
+        default=None,
+        description="Name of the derived questionnaire; default derived-STATEMENTS_FILE.",
     )
     validation_policy: Policy = Field(
         default="fail",

@@ -114,7 +114,7 @@ class PolicyRegistration(BaseModel):
     checkpoints_dir: str | None = Field(
         default=None,
         description="Folder with one subfolder per evaluated checkpoint, named as the tables' "
-        "checkpoint column (e.g. <dir>/epoch-1, a PEFT adapter); the candidate epoch's "
+        "checkpoint column (e.g. DIR/epoch-1, a PEFT adapter); the candidate epoch's "
         "subfolder is logged to the run and registered.",
     )
     epoch: int | None = Field(

@@ -69,7 +69,7 @@ class GenerateParams(BaseModel):
     adapter: str | None = Field(
         default=None,
         description="PEFT LoRA adapter folder applied on the policy (a DPO checkpoint such as "
-        "<training>/checkpoint-8); None = the base policy.",
+        "TRAINING_DIR/checkpoint-8); None = the base policy.",
     )
     checkpoint: str | None = Field(
         default=None,
@@ -128,7 +128,7 @@ class GenerateParams(BaseModel):
     )
     output_file: str | None = Field(
         default=None,
-        description="Output CSV; None = HAL_HOME/generations/<model>/<prompts>-<checkpoint>-....",
+        description="Output CSV; None = HAL_HOME/generations/MODEL/PROMPTS-CHECKPOINT-....",
     )
     cache_file: str | None = Field(
         default=None, description="SQLite cache; None = HAL_HOME/cache/generations.sqlite."

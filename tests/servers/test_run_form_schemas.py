@@ -20,7 +20,10 @@ import yaml
 
 from hal_core.settings import PROJECT_ROOT
 
-FORM_DEPLOYMENTS = ("weekly-refit", "rate-dialogues")
+FORM_DEPLOYMENTS = tuple(
+    d["name"]
+    for d in yaml.safe_load((PROJECT_ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
+)
 
 
 def entrypoint(name: str) -> str:
