@@ -1,7 +1,9 @@
 """Flow ``rate_dialogues``: dialogues + judge config -> ratings table (one column per trait id).
 
-Every dialogue ends rated or failed with its reason. Results are committed to a SQLite cache
-as they arrive, so a killed run, started again, asks only for what is missing::
+Every dialogue ends rated or failed with its reason. When the judge has an out-of-domain signal
+(the local judge's ``out_of_domain`` column), the share of dialogues it flags is logged as
+``ood_fraction``. Results are committed to a SQLite cache as they arrive, so a killed run,
+started again, asks only for what is missing::
 
     hal rate synthlabs/candidates_test.csv --speakers doctor_visit \\
         --questionnaire questionnaires/hal32q.json --model gpt-5-mini --concurrency 64
@@ -86,7 +88,10 @@ class RateDialoguesResult(BaseModel):
     output_file: str = Field(description="Ratings CSV: item_id, one column per trait id, status.")
     judge_fingerprint: str = Field(description="Hash of the judge's answer-changing settings.")
     questionnaire_version: str = Field(description="Version of the questionnaire rated on.")
-    metrics: dict[str, float] = Field(description="Counts, tokens, latency and cost.")
+    metrics: dict[str, float] = Field(
+        description="Counts, tokens, latency and cost; ood_fraction (the share of dialogues "
+        "the judge called out of its domain) when the judge reports one, as the local judge does."
+    )
 
 
 def _tags(params: RateDialoguesParams) -> SpeakerTags:

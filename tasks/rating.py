@@ -20,6 +20,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from hal_core.dialogue import SpeakerTags
+from hal_core.domain import out_of_domain_fraction
+from hal_core.evaluation import load_rating_questionnaire
 from hal_core.judges import JudgeConfig, build_judge, rate_cached
 from hal_core.judges.config import API_KEY_ENV, OpenAIJudgeConfig
 from hal_core.judges.runner import ID_COLUMN, JudgeRun, RatingRun, RetryPolicy, RunPlan
@@ -48,8 +50,9 @@ def resolve_api_key(config: JudgeConfig) -> str | None:
 
 @task(name="read_questionnaire", cache_policy=NO_CACHE)
 def read_questionnaire(path: Path) -> Questionnaire:
-    """Read a questionnaire JSON (without importing the reward stage's plotting stack)."""
-    return Questionnaire.load(path)
+    """Read a questionnaire JSON: the project's, or the published HAL16Q statements under their
+    HAL32Q ids (what the doctor's-visit local judge rates on)."""
+    return load_rating_questionnaire(path)
 
 
 @task(name="read_dialogues", cache_policy=NO_CACHE)
@@ -216,6 +219,15 @@ def rating_metrics(run: RatingRun, judge_config: JudgeConfig) -> dict[str, float
     return {key: float(value) for key, value in metrics.items() if not np.isnan(value)}
 
 
+def out_of_domain_metrics(run: RatingRun) -> dict[str, float]:
+    """``ood_fraction``: the share of input rows the judge called out of its domain, over the
+    rows where it said either way (:mod:`hal_core.domain`); empty when the judge has no such
+    signal (an API judge), so no metric pretends it has one."""
+    results = [run.result_for_row(row) for row in range(len(run.keys))]
+    fraction = out_of_domain_fraction(results)
+    return {"ood_fraction": fraction} if np.isfinite(fraction) else {}
+
+
 def judge_params(judge_config: JudgeConfig, fingerprint: str) -> dict[str, str]:
     """MLflow params of a judge: its settings (no key: configs hold only where to find one)
     and its fingerprint."""
@@ -243,7 +255,8 @@ def log_rating_run(
     input_hashes: dict[str, str],
     retry_failures: str,
 ) -> dict[str, float]:
-    """Log judge params, rating metrics, the ratings table and a summary to MLflow."""
+    """Log judge params, rating metrics (with the out-of-domain share when the judge reports
+    one), the ratings table and a summary to MLflow."""
     config = judge_config.model_dump(mode="json")
     params = judge_params(judge_config, run.fingerprint)
     params.update(
@@ -256,7 +269,7 @@ def log_rating_run(
         }
     )
     tracking.log_params(run_id, params)
-    metrics = rating_metrics(run, judge_config)
+    metrics = rating_metrics(run, judge_config) | out_of_domain_metrics(run)
     tracking.log_metrics(run_id, metrics)
     tracking.log_file(run_id, table_path, "tables")
     table = pd.read_csv(table_path)
@@ -287,6 +300,7 @@ SUMMARY_KEYS = (
     "statements",
     "verdict_accuracy",
     "latency_p50_s",
+    "ood_fraction",
 )
 
 

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from hal_core.dialogue import SpeakerTags
 from hal_core.features import DialogueFeaturizer, FeatureConfig
 from hal_core.judges import LocalJudgeConfig
-from hal_core.local_judge import LocalJudge
+from hal_core.local_judge import LocalJudge, TrainingSet, TraitRegressorConfig, labelled_rows
 from hal_core.paper import load_hal16q_published, load_paper_weights
 from hal_core.reward import HLReward
 from hal_core.settings import HalSettings
@@ -51,10 +51,12 @@ def train_judge(data_dir: Path, folder: str, target: Path) -> Path:
     for path in sorted((data_dir / "aligned_outputs" / folder).glob("samples_epoch_*.csv")):
         table = read_table(path)
         ratings = ratings_by_position(table, "likert_evaluation", questionnaire)
-        parts.append(pd.concat([table[["dialogue"]], ratings], axis=1))
+        parts.append(pd.concat([table[["prompt", "dialogue"]], ratings], axis=1))
     frame = pd.concat(parts, ignore_index=True)
-    matrix = DialogueFeaturizer(STYLE_ONLY).transform(frame["dialogue"].tolist(), TAGS)
-    judge = LocalJudge.fit(matrix, frame, questionnaire, TAGS, STYLE_ONLY)
+    training = TrainingSet("hal16q", questionnaire, TAGS, frame, "prompt")
+    matrix = DialogueFeaturizer(STYLE_ONLY).transform(training.dialogues, TAGS)
+    rows = labelled_rows(training, matrix, TraitRegressorConfig())
+    judge = LocalJudge.fit(rows, questionnaire, TAGS, STYLE_ONLY)
     return judge.save(target)
 
 
@@ -148,6 +150,15 @@ def test_generated_dialogues_are_scored_tested_guarded_and_the_policy_promoted(
     drift = history(client, result.run_id, "guard.words_per_turn_drift")[1]
     assert 0.2 < drift < 0.5  # casual replies are shorter, within the default limit
     assert metrics["judge.rated"] == 24 and metrics["second_judge.rated"] == 24
+    # each local judge reports out_of_domain: its share per epoch, over the dialogues it rated
+    known = predicted["out_of_domain"].notna()
+    flagged = predicted.loc[known, "out_of_domain"].astype(bool).astype(float)
+    expected_ood = flagged.groupby(fine.loc[known, "epoch"]).mean()
+    ood = history(client, result.run_id, "judge.ood_fraction")
+    assert sorted(ood) == [0, 1]
+    np.testing.assert_allclose([ood[0], ood[1]], expected_ood.loc[[0, 1]], atol=1e-9)
+    second_ood = history(client, result.run_id, "second_judge.ood_fraction")
+    assert sorted(second_ood) == [0, 1] and all(0 <= v <= 1 for v in second_ood.values())
     guard_values = {k: round(v, 4) for k, v in metrics.items() if k.startswith("guard.")}
     print(
         f"HL {curve[0]:.3f} -> {curve[1]:.3f}, gain {result.hl_gain['tiny-base']:+.3f} "
@@ -214,6 +225,8 @@ def test_a_failing_guard_refuses_promotion_but_still_registers_from_the_cache(
     assert metrics["promotion.promote"] == 0.0 and metrics["guard.words_per_turn_drift.passed"] == 0
     assert metrics["judge.requested"] == 0 and metrics["judge.cache_hits"] == 24  # nothing re-asked
     assert metrics["second_judge.requested"] == 0
+    for key in ("judge.ood_fraction", "second_judge.ood_fraction"):  # the cache keeps the flags
+        assert history(client, result.run_id, key) == history(client, promoted.run_id, key)
     refused = client.get_model_version("hal-policy", result.registered_version)
     assert (
         refused.tags["decision"] == "refuse"

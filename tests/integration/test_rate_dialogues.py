@@ -190,6 +190,7 @@ def test_metrics_are_recorded_in_mlflow(fault_run) -> None:
     assert metrics["requests"] == len(fault_run["first_records"])
     assert metrics["tokens"] > 0 and metrics["estimated_cost_usd"] > 0
     assert 0 < metrics["latency_p50_s"] <= metrics["latency_p95_s"]
+    assert "ood_fraction" not in metrics  # an API judge has no out-of-domain signal
 
 
 def test_cached_rerun_makes_no_request_and_gives_the_same_table(fault_run) -> None:

@@ -33,7 +33,10 @@ model = mlflow.pyfunc.load_model("models:/hal-judge-local@doctor_visit")
 frame = pd.read_json(sys.argv[2], orient="records")
 out = model.predict(frame)
 out = out.astype(object).where(out.notna(), None)
+signature = model.metadata.signature
 print("RESULT" + json.dumps({"metadata": model.metadata.metadata,
+                             "inputs": [[c.name, c.required] for c in signature.inputs.inputs],
+                             "outputs": signature.outputs.input_names(),
                              "out": out.to_dict(orient="list")}))
 """
 TEST_FILE = "candidates_train_scored16_gpt-5-mini"
@@ -123,9 +126,15 @@ def test_registered_judge_rates_in_a_fresh_offline_process(
     assert result["metadata"]["questionnaire_id"] == "hal16q"
     assert result["metadata"]["questionnaire_version"] == trained.questionnaire_version
     assert result["metadata"]["out_of_domain_columns"] == ["domain_distance", "out_of_domain"]
-    served = pd.DataFrame(result["out"])
+    assert result["metadata"]["out_of_domain_columns"] == trained.out_of_domain_columns
+    # the contract: a dialogue column in (speaker tags optional); one column per trait id, hl,
+    # the out-of-domain columns and error out, as the signature says and the model serves
+    assert result["inputs"] == [["dialogue", True], ["rated_tags", False], ["other_tags", False]]
     ids = list(HAL16Q_PUBLISHED_TRAIT_IDS)
-    assert list(served.columns) == [*ids, "hl", "domain_distance", "out_of_domain", "error"]
+    contract = [*ids, "hl", *trained.out_of_domain_columns, "error"]
+    assert result["outputs"] == contract
+    served = pd.DataFrame(result["out"])
+    assert list(served.columns) == contract
     assert served["error"].iloc[:3].isna().all() and "rated speaker" in served["error"].iloc[3]
     assert served["out_of_domain"].iloc[3] is None
     assert all(isinstance(flag, bool) for flag in served["out_of_domain"].iloc[:3])

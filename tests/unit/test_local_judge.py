@@ -183,9 +183,11 @@ def test_doctor_visit_judge_transfers_to_generators_it_never_saw(
     hal_home: Path,
 ) -> None:  # fmt: skip
     """The honest figures of the default judge (both domains): leave-one-generator-out HL r
-    and pair accuracy meet the issue's targets (measured 0.85 / 0.89; a ridge fit is
-    deterministic, so the margin only has to absorb float and thread noise) and beat the length
-    heuristic; the out-of-domain test (eight other LLMs, another rater) beats it too."""
+    and pair accuracy meet the issue's targets (measured 0.856 / 0.904, held-out Llama-3.2-1B
+    0.828 / 0.880, Llama-3.3-70B 0.885 / 0.928; no split is random and a ridge fit is
+    deterministic, so the margins of 0.03-0.08 only have to absorb float and thread noise) and
+    beat the length heuristic (0.695 / 0.856); the out-of-domain test (eight other LLMs, another
+    rater) beats it too (0.634 against 0.358)."""
     scored = read_table(data_dir / SCORED16)
     frame = pd.concat(
         [
@@ -204,6 +206,10 @@ def test_doctor_visit_judge_transfers_to_generators_it_never_saw(
         tests=[HeldOutSet("scored16", test, featurize(test, hal_home), "persona_id")],
     )
     m = report.metrics
+    shown = ["logo.hl.pearson", "logo.hl.pair_accuracy", "baseline.length.logo.hl.pearson"]
+    shown += ["baseline.length.logo.hl.pair_accuracy", "test.scored16.hl.pearson"]
+    shown += [k for k in sorted(m) if k.endswith("ood_fraction")]
+    print(", ".join(f"{k} {m[k]:.3f}" for k in shown))
     assert m["logo.hl.pearson"] >= 0.80 and m["logo.hl.pair_accuracy"] >= 0.87
     for generator in ("Llama-3.2-1B-Instruct", "Llama-3.3-70B-Instruct"):
         assert m[f"logo.{generator}.hl.pearson"] >= 0.75
