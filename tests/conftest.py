@@ -35,3 +35,12 @@ def settings(hal_home: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HAL_TRACKING_URI", raising=False)
     return HalSettings()
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from its registry package once per session (~1-3 min)."""
+    from hal_core.policy_model import DEFAULT_POLICY_MODEL, resolve_policy_model
+
+    models = tmp_path_factory.mktemp("models")
+    return Path(resolve_policy_model(DEFAULT_POLICY_MODEL, models))
