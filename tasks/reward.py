@@ -61,6 +61,7 @@ def load_questionnaire(path: Path) -> Questionnaire:
 
 @task(
     name="load_table",
+    cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_unless_bad_input,

@@ -12,13 +12,12 @@ from typing import Literal
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from hal_core.settings import HalSettings
 from hal_core.tables import ROW_COLUMN, write_table
 from tasks import tracking
 from tasks.contracts import DataContract, get_contract
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 Policy = Literal["fail", "quarantine"]
 
@@ -144,6 +143,7 @@ def _failures(result, contract: DataContract) -> list[RuleFailure]:
 def _run_checkpoint(frame: pd.DataFrame, contract: DataContract, project_root: Path):
     import great_expectations as gx
 
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # read by the context; no network
     context = gx.get_context(mode="file", project_root_dir=str(project_root))
     context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_or_update_pandas(name="hal")
@@ -293,7 +293,7 @@ def dataset_name(source: str | None, contract_name: str, settings: HalSettings) 
     return path.stem
 
 
-@task(name="validate_dataset", task_run_name="validate-{contract_name}")
+@task(name="validate_dataset", task_run_name="validate-{contract_name}", cache_policy=NO_CACHE)
 def validate_dataset(
     frame: pd.DataFrame,
     contract_name: str,
