@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/hal demo
+	$(BIN)/hal demo $(DEMO_ARGS)
 
 check: setup
 	$(BIN)/ruff check --no-cache .

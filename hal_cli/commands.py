@@ -359,13 +359,20 @@ for _spec in STAGE_COMMANDS:
 
 
 @app.command()
-def demo() -> None:
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a pipeline parameter of the demo by dotted key (YAML value); repeatable.",
+)
+def demo(assignments: tuple[str, ...]) -> None:
     """The main job on embedded defaults: the pipeline with infra/recipes/pipeline.yaml."""
     from hal_core.settings import PROJECT_ROOT
 
     spec = next(s for s in STAGE_COMMANDS if s.name == "pipeline")
     recipe = str(PROJECT_ROOT / "infra" / "recipes" / "pipeline.yaml")
-    run_flow(spec, stage_values(spec, recipe, (), {}))
+    run_flow(spec, stage_values(spec, recipe, assignments, {}))
 
 
 @app.command()

@@ -38,6 +38,11 @@ class HalArguments:
     )
     max_prompt_length: int | None = option(None, "Cut prompts to their first N tokens.")
     max_train_samples: int | None = option(None, "Train on the first N pairs only.")
+    lora_last_layers: int | None = option(
+        None,
+        "LoRA on the last N decoder layers only: backward stops below them, so a step costs "
+        "less (CPU); None = every layer.",
+    )
     fresh_start: bool = option(False, "Delete checkpoints in output_dir instead of resuming.")
     mlflow_parent_run_id: str | None = option(None, f"Parent run (default: ${PARENT_RUN_ENV}).")
     mlflow_experiment: str = option("hal-alignment", "Experiment of a run without a parent.")
@@ -74,6 +79,7 @@ def parse_recipe(arguments: list[str]):
         "num_train_epochs": training.num_train_epochs > 0 or training.max_steps > 0,
         "per_device_train_batch_size": training.per_device_train_batch_size >= 1,
         "lora_r": not model.use_peft or model.lora_r >= 1,
+        "lora_last_layers": hal.lora_last_layers is None or hal.lora_last_layers >= 1,
     }
     for key, ok in checks.items():
         if not ok:

@@ -196,13 +196,20 @@ def main(arguments: list[str] | None = None) -> int:
             "attn_implementation": model_args.attn_implementation,
             **(training.model_init_kwargs or {}),
         }
+        peft_config = get_peft_config(model_args)
+        if peft_config is not None and hal.lora_last_layers is not None:
+            depth = transformers.AutoConfig.from_pretrained(model_args.model_name_or_path)
+            layers = depth.num_hidden_layers
+            peft_config.layers_to_transform = list(
+                range(max(0, layers - hal.lora_last_layers), layers)
+            )
         trainer = DPOTrainer(
             model=model_args.model_name_or_path,
             args=training,
             train_dataset=train_pairs,
             eval_dataset=eval_pairs if training.eval_strategy != "no" else None,
             processing_class=tokenizer,
-            peft_config=get_peft_config(model_args),
+            peft_config=peft_config,
             quantization_config=get_quantization_config(model_args),
             callbacks=[checkpoint_artifacts_callback(run_id)],
         )

@@ -379,11 +379,20 @@ def launch_command(launch: TrainingLaunch, port: int | None = None) -> list[str]
         str(config.relative_to(PROJECT_ROOT)),
         "--num_processes",
         str(launch.num_processes),
+        # accelerate gives each process one CPU thread unless told (OMP_NUM_THREADS=1)
+        "--num_cpu_threads_per_process",
+        str(cpu_threads_per_process(launch.num_processes)),
         "--main_process_port",
         str(port or free_port()),
         TRAIN_SCRIPT,
         *_recipe_arguments(launch),
     ]
+
+
+def cpu_threads_per_process(num_processes: int) -> int:
+    """The CPUs this process may use, shared among the training processes (at least one)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (available or 1) // num_processes)
 
 
 def start_training(launch: TrainingLaunch, settings: HalSettings) -> subprocess.Popen:
