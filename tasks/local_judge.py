@@ -46,7 +46,7 @@ from hal_core.local_judge import (
 from hal_core.paper import load_hal16q_published
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings
-from hal_core.tables import ratings_by_position, read_table
+from hal_core.tables import ratings_by_position, read_table, write_table
 from hal_core.transfer import (
     HeldOutSet,
     TransferReport,
@@ -238,13 +238,13 @@ def log_local_judge(
         error=[e for e in matrix.errors if e is not None]
     )
     with tempfile.TemporaryDirectory() as folder:
-        report.per_trait.to_csv(Path(folder, "per_trait.csv"), index=False)
-        report.out_of_fold.to_csv(Path(folder, "out_of_fold_predictions.csv"), index=False)
+        write_table(report.per_trait, Path(folder, "per_trait.csv"))
+        write_table(report.out_of_fold, Path(folder, "out_of_fold_predictions.csv"))
         keep = [c for c in ("_row", "game_id", "witness", "prompt", "error") if c in unparseable]
-        unparseable[[*keep, "dialogue"]].to_csv(Path(folder, "unparseable.csv"), index=False)
+        write_table(unparseable[[*keep, "dialogue"]], Path(folder, "unparseable.csv"))
         names = ["per_trait.csv", "out_of_fold_predictions.csv", "unparseable.csv"]
         if transfer is not None:
-            transfer.predictions.to_csv(Path(folder, "transfer_predictions.csv"), index=False)
+            write_table(transfer.predictions, Path(folder, "transfer_predictions.csv"))
             names.append("transfer_predictions.csv")
         for name in names:
             tracking.log_file(run_id, Path(folder, name), "tables")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from hal_core.judges.runner import ID_COLUMN, JudgeRun, RatingRun, RetryPolicy, 
 from hal_core.judging import JudgeConfigurationError, JudgeRunStats
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import RatingCache
-from hal_core.tables import ROW_COLUMN, TableError, read_table
+from hal_core.tables import ROW_COLUMN, TableError, read_table, write_table
 from tasks import tracking
 
 
@@ -182,17 +181,8 @@ def rate_with_judge(
 
 @task(name="save_table", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def save_table(table: pd.DataFrame, path: Path) -> Path:
-    """Write a table as UTF-8 CSV, atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8", newline=""
-    ) as handle:
-        try:
-            table.to_csv(handle, index=False)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-    Path(handle.name).replace(path)
+    """Write a table as UTF-8 CSV, atomically, formula cells neutralized."""
+    write_table(table, path)
     return path
 
 

@@ -37,7 +37,7 @@ from hal_core.reward_promotion import RewardPromotion, decide_reward_promotion
 from hal_core.settings import HalSettings
 from hal_core.shape_reward import ShapeConfig, ShapeRewardRegression
 from hal_core.stability import StabilityConfig, stability_table
-from hal_core.tables import file_sha256, read_table, witness_ratings
+from hal_core.tables import file_sha256, read_table, witness_ratings, write_table
 from hal_core.trait_matching import (
     TraitMatching,
     embed_questionnaire,
@@ -302,7 +302,7 @@ def _score_histogram(scores: np.ndarray, is_human: np.ndarray, title: str):
 def _log_tables(run_id: str, tables: dict[str, pd.DataFrame], folder: str | None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         for name, table in tables.items():
-            table.to_csv(Path(directory, name), index=False)
+            write_table(table, Path(directory, name))
             tracking.log_file(run_id, Path(directory, name), folder)
 
 

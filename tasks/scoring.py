@@ -13,7 +13,7 @@ from hal_core.paper import is_paper_weights, load_paper_weights
 from hal_core.questionnaire import Questionnaire
 from hal_core.reward import HLReward
 from hal_core.settings import HalSettings
-from hal_core.tables import ROW_COLUMN, ratings_by_position, read_table
+from hal_core.tables import ROW_COLUMN, ratings_by_position, read_table, write_table
 from tasks.tracking import configure_tracking
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -62,6 +62,4 @@ def read_ratings(
 def save_scores(table: pd.DataFrame, scores: pd.DataFrame, output: Path) -> Path:
     """The input rows with ``hl`` and ``score_error`` columns."""
     scored = pd.concat([table.drop(columns=[ROW_COLUMN], errors="ignore"), scores], axis=1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    scored.to_csv(output, index=False)
-    return output
+    return write_table(scored, output)

@@ -36,7 +36,7 @@ from hal_core.judges.runner import ID_COLUMN
 from hal_core.policy_model import resolve_policy_model
 from hal_core.preferences import PairingConfig, PreferencePairs
 from hal_core.settings import PROJECT_ROOT, HalSettings
-from hal_core.tables import ROW_COLUMN, read_table
+from hal_core.tables import ROW_COLUMN, read_table, write_table
 from hal_core.tiny_model import TINY_MODEL_NAME, synthlabs_corpus
 from hal_core.training import PARENT_RUN_ENV, TRAIN_SCRIPT, complete_checkpoints, recorded_run_id
 from tasks import tracking
@@ -221,9 +221,9 @@ def save_preference_pairs(
     if not (dataset_path / "dataset_dict.json").is_file():
         preferences.to_dataset_dict(splits).save_to_disk(str(dataset_path))
     table_path = folder / "pairs.csv"
-    table.to_csv(table_path, index=False)
+    write_table(table, table_path)
     excluded_path = folder / "excluded_candidates.csv"
-    pairs.excluded.to_csv(excluded_path, index=False)
+    write_table(pairs.excluded, excluded_path)
     stats = pairs.stats(config.histogram_bins)
     stats.update({f"n_pairs_{name}": len(frame) for name, frame in splits.items()})
     stats.update(

@@ -1,8 +1,13 @@
 """The README's main command, run for real: ``make demo`` on embedded defaults (a local MLflow
-store under HAL_HOME, a local Prefect), then what MLflow recorded is read back."""
+store under HAL_HOME, a local Prefect), then what MLflow recorded is read back.
+
+The loop runs on the real SmolLM2-135M-Instruct at small sizes (``DEMO_ARGS``) so that the
+suite stays under 30 minutes; the demo's own sizes are timed by ``bench/pipeline.py``.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -21,30 +26,42 @@ STAGE_RUNS = {
     "derive_traits",
     "fit_reward",
     "train_local_judge",
+    "generate",
     "rate_dialogues",
     "align",
     "evaluate",
 }
+SMALL = {
+    "generate.persona_limit": 4,
+    "generate.samples_per_persona": 3,
+    "generate_test.persona_limit": 4,
+    "align.recipe_overrides.num_train_epochs": 1,
+    "fit_reward.stability.n_bootstraps": 10,
+}
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_demo_runs_the_pipeline_end_to_end(tmp_path: Path, data_dir: Path) -> None:
+def test_make_demo_runs_the_loop_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     home = tmp_path / "hal_home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(HAL_HOME=str(home), HAL_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     env.pop("HAL_TRACKING_URI", None)
+    demo_args = " ".join(f"--set {key}={value}" for key, value in SMALL.items())
     started = time.monotonic()
     completed = subprocess.run(
-        ["make", "demo"],
+        ["make", "demo", f"DEMO_ARGS={demo_args}"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=2400,
     )
-    print(f"make demo: {time.monotonic() - started:.0f} s")
+    print(f"make demo (small): {time.monotonic() - started:.0f} s")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert "pipeline run" in completed.stdout
+    report = completed.stdout
+    assert "pipeline run" in report and "HL per epoch" in report
+    assert "gain vs base:" in report and "second judge's gain:" in report
+    assert "guards at epoch 1 vs base:" in report and "before:" in report and "after:" in report
 
     # the store the demo used: its default under HAL_HOME (this process's MLFLOW_TRACKING_URI,
     # set by earlier tests, points elsewhere)
@@ -54,19 +71,39 @@ def test_make_demo_runs_the_pipeline_end_to_end(tmp_path: Path, data_dir: Path) 
     [pipeline] = client.search_runs(
         [experiment.experiment_id], filter_string="attributes.run_name = 'hal_pipeline'"
     )
-    assert pipeline.info.run_name == "hal_pipeline" and pipeline.info.status == "FINISHED"
+    assert pipeline.info.status == "FINISHED"
     metrics = pipeline.data.metrics
-    assert metrics["cv.accuracy.mean"] == pytest.approx(0.7747, abs=5e-4)
+    assert metrics["cv.accuracy.mean"] == pytest.approx(0.7747, abs=5e-4)  # the paper's fit
     assert metrics["stages.cached"] == 0
-    assert metrics["pairs.n_pairs"] > 500 and metrics["dpo.rewards.margins"] > 0
-    assert metrics["hl.gain"] == pytest.approx(4.18, abs=0.01)  # recorded epochs 10 vs 0
-    children = [
-        run
+    assert metrics["pairs.n_pairs"] >= 1 and math.isfinite(metrics["dpo.rewards.margins"])
+    assert math.isfinite(metrics["hl.gain"]) and metrics["guards.passed"] in (0.0, 1.0)
+    children = {
+        run.info.run_name: run
         for experiment in client.search_experiments()
         for run in client.search_runs(
             [experiment.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{pipeline.info.run_id}'",
         )
+    }
+    assert set(children) >= STAGE_RUNS
+    assert all(run.info.status == "FINISHED" for run in children.values())
+
+    # the policy it trained: HL per epoch, generated dialogues, examples, a registered version
+    evaluation = children["evaluate"].info.run_id
+    [curve] = [key for key in children["evaluate"].data.metrics if key.endswith("/hl.mean")]
+    epochs = [m.step for m in client.get_metric_history(evaluation, curve)]
+    assert sorted(epochs) == [0, 1]
+    artifacts = {item.path for item in client.list_artifacts(evaluation)}
+    assert {"generated", "examples"} <= artifacts
+    assert len(client.list_artifacts(evaluation, "generated")) == 2  # base and epoch 1
+    [version] = client.search_model_versions("name = 'hal-policy'")
+    assert version.run_id == evaluation
+    training = [
+        run
+        for experiment in client.search_experiments()
+        for run in client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{children['align'].info.run_id}'",
+        )
     ]
-    assert {run.info.run_name for run in children} >= STAGE_RUNS
-    assert all(run.info.status == "FINISHED" for run in children)
+    assert training and "train_loss" in training[0].data.metrics
