@@ -26,6 +26,7 @@ from typing import Generic, Literal, TypeVar, get_args
 import pandas as pd
 
 from hal_core.dialogue import SpeakerTags
+from hal_core.domain import DOMAIN_DISTANCE_COLUMN, OUT_OF_DOMAIN_COLUMN
 from hal_core.judges.prompting import canonical_json, normalize_text
 from hal_core.judging import (
     ErrorKind,
@@ -547,11 +548,13 @@ def ratings_table(
     run: RatingRun, questionnaire: Questionnaire, item_ids: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """One row per input: ``item_id``, one column per trait id, ``status``, ``error_kind``,
-    ``error``; ``ev.<trait id>`` columns when the judge gave expected values."""
+    ``error``; ``ev.<trait id>`` columns when the judge gave expected values, and
+    ``domain_distance`` / ``out_of_domain`` when it measured how far each input lies from its
+    training data."""
     ids = list(item_ids) if item_ids is not None else [str(i + 1) for i in range(len(run.keys))]
     trait_ids = questionnaire.trait_ids
     rows = []
-    has_expected = False
+    has_expected = has_domain = False
     for item_id, key in zip(ids, run.keys, strict=True):
         result = run.results[key]
         row: dict[str, object] = {ID_COLUMN: item_id}
@@ -561,6 +564,10 @@ def ratings_table(
             has_expected = True
             for trait_id in trait_ids:
                 row[f"ev.{trait_id}"] = result.expected.get(trait_id)
+        if result.domain_distance is not None:
+            has_domain = True
+        row[DOMAIN_DISTANCE_COLUMN] = result.domain_distance
+        row[OUT_OF_DOMAIN_COLUMN] = result.out_of_domain
         row[STATUS_COLUMN] = "rated" if result.ok else "failed"
         row[KIND_COLUMN] = result.error_kind
         row[ERROR_COLUMN] = result.error
@@ -568,6 +575,8 @@ def ratings_table(
     columns = [ID_COLUMN, *trait_ids]
     if has_expected:
         columns += [f"ev.{trait_id}" for trait_id in trait_ids]
+    if has_domain:
+        columns += [DOMAIN_DISTANCE_COLUMN, OUT_OF_DOMAIN_COLUMN]
     columns += [STATUS_COLUMN, KIND_COLUMN, ERROR_COLUMN]
     table = pd.DataFrame(rows, columns=columns)
     for trait_id in trait_ids:

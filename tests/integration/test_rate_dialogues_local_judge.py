@@ -84,3 +84,6 @@ def test_the_local_judges_out_of_domain_share_is_logged(rated, settings: HalSett
     assert rated["again"].metrics["cache_hits"] == 21  # the flags come back from the cache
     table = pd.read_csv(rated["first"].output_file)
     assert table["status"].tolist() == ["rated"] * 20 + ["failed"]
+    # the ratings file carries the flags too, so align can drop pairs of two far dialogues
+    assert out_of_domain_fraction(table["out_of_domain"]) == pytest.approx(share, abs=1e-12)
+    assert table["domain_distance"].iloc[:20].notna().all()
