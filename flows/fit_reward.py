@@ -201,6 +201,14 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
         )
         questionnaire = load_questionnaire(questionnaire_path)
         reference = load_questionnaire(reference_path)
+        tracking.tag_run(
+            run_id,
+            {
+                "hal.questionnaire": f"{questionnaire.name}@{questionnaire.version[:12]}",
+                "hal.ratings_source": params.ratings_source,
+                "hal.reward_kind": params.reward_kind,
+            },
+        )
         matching = None
         if params.ratings_source == "matched_to_hal32q":
             matching = match_questionnaire(

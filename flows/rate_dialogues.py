@@ -94,6 +94,12 @@ class RateDialoguesResult(BaseModel):
     )
 
 
+def judge_label(judge: JudgeConfig) -> str:
+    """``backend:model`` of a judge config, for run tags."""
+    model = getattr(judge, "model", None) or Path(getattr(judge, "model_path", "") or "").name
+    return f"{judge.backend}:{model}" if model else judge.backend
+
+
 def _tags(params: RateDialoguesParams) -> SpeakerTags:
     if params.speaker_tags is not None:
         return params.speaker_tags
@@ -116,6 +122,13 @@ def rate_dialogues(params: RateDialoguesParams) -> RateDialoguesResult:
             run_id, {"dialogues": input_path, "questionnaire": questionnaire_path}
         )
         questionnaire = read_questionnaire(questionnaire_path)
+        tracking.tag_run(
+            run_id,
+            {
+                "hal.judge": judge_label(params.judge),
+                "hal.questionnaire": f"{questionnaire.name}@{questionnaire.version[:12]}",
+            },
+        )
         dialogues = read_dialogues(input_path, params.text_column, params.id_column, params.limit)
         rating = rate_with_judge(
             dialogues[params.text_column].tolist(),

@@ -146,13 +146,22 @@ def input_hashes(paths: Mapping[str, str | Path]) -> dict[str, str]:
 
 
 def log_inputs(run_id: str, paths: Mapping[str, str | Path]) -> dict[str, str]:
-    """Record each input file's path and hash as params of the run."""
+    """Record each input file's path and hash as params of the run, and its short hash as the
+    tag ``hal.data.<role>`` (runs on other data are told apart at a glance)."""
     client = MlflowClient()
     hashes = input_hashes(paths)
     for name, path in paths.items():
         client.log_param(run_id, f"input.{name}.path", str(path))
         client.log_param(run_id, f"input.{name}.sha256", hashes[name])
+        client.set_tag(run_id, f"hal.data.{name}", hashes[name][:12])
     return hashes
+
+
+def tag_run(run_id: str, tags: Mapping[str, object]) -> None:
+    """Tags that say what differs between runs of a stage (``hal.judge``, ...)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
 
 
 def log_json(run_id: str, payload: Any, artifact_file: str) -> None:
