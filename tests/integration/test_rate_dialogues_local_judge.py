@@ -81,6 +81,9 @@ def test_the_local_judges_out_of_domain_share_is_logged(rated, settings: HalSett
         assert metrics["ood_fraction"] == pytest.approx(share, abs=1e-12)
         assert result.metrics["ood_fraction"] == pytest.approx(share, abs=1e-12)
         assert metrics["rated"] == 20 and metrics["failures"] == 1
+        tags = client.get_run(result.run_id).data.tags
+        assert tags["hal.judge"].startswith("local:") and tags["hal.stage"] == "rate_dialogues"
+        assert len(tags["hal.data.dialogues"]) == 12 and tags["hal.questionnaire"]
     assert rated["again"].metrics["cache_hits"] == 21  # the flags come back from the cache
     table = pd.read_csv(rated["first"].output_file)
     assert table["status"].tolist() == ["rated"] * 20 + ["failed"]
