@@ -53,7 +53,6 @@ from hal_core.evaluation import (
     evaluate_scores,
     finite_or_none,
     judged_ratings,
-    load_rating_questionnaire,
     out_of_domain_fractions,
     rated_rows,
     replayed_ratings,
@@ -299,7 +298,7 @@ class PolicyOutcome:
 def load_scoring(questionnaire: str, reward: str, settings: HalSettings, name: str = "") -> Scoring:
     """Read a questionnaire and its reward (file or registered model); name the input files."""
     questionnaire_path = settings.input_path(questionnaire)
-    loaded = load_rating_questionnaire(questionnaire_path)
+    loaded = Questionnaire.load(questionnaire_path)
     inputs = {f"{name}questionnaire": questionnaire_path}
     if not reward.startswith(MLFLOW_SCHEMES):
         inputs[f"{name}reward"] = settings.input_path(reward)

@@ -56,12 +56,6 @@ SOURCE_COLUMN = "_source"
 # --- questionnaire and reward ----------------------------------------------------------------
 
 
-def load_rating_questionnaire(path: str | Path) -> Questionnaire:
-    """A questionnaire file: the project's JSON, or the published HAL16Q prompt statements
-    (under their HAL32Q ids, in published order; see :mod:`hal_core.paper`)."""
-    return Questionnaire.load(path)
-
-
 BY_ID_EXPLANATION = (
     "The stored hal16_score applies the paper's w[k] to the statement at published HAL16Q "
     "position k, but w[k] was fitted on another trait at 14 of 16 positions; hl.paper_compatible "

@@ -20,7 +20,6 @@ from prefect.cache_policies import NO_CACHE
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.domain import out_of_domain_fraction
-from hal_core.evaluation import load_rating_questionnaire
 from hal_core.judges import JudgeConfig, build_judge, rate_cached
 from hal_core.judges.config import API_KEY_ENV, OpenAIJudgeConfig
 from hal_core.judges.runner import ID_COLUMN, JudgeRun, RatingRun, RetryPolicy, RunPlan
@@ -51,7 +50,7 @@ def resolve_api_key(config: JudgeConfig) -> str | None:
 def read_questionnaire(path: Path) -> Questionnaire:
     """Read a questionnaire JSON: the project's, or the published HAL16Q statements under their
     HAL32Q ids (what the doctor's-visit local judge rates on)."""
-    return load_rating_questionnaire(path)
+    return Questionnaire.load(path)
 
 
 @task(name="read_dialogues", cache_policy=NO_CACHE)

@@ -242,7 +242,7 @@ def test_a_registered_reward_model_is_read_back_as_the_reward_it_wraps(
 ) -> None:
     import mlflow
 
-    from hal_core.evaluation import load_rating_questionnaire
+    from hal_core.questionnaire import Questionnaire
     from tasks.evaluation import load_evaluation_reward
     from tasks.registry import log_reward_model
     from tasks.tracking import configure_tracking, ensure_experiment
@@ -252,7 +252,7 @@ def test_a_registered_reward_model_is_read_back_as_the_reward_it_wraps(
     path = reward.save(tmp_path / "reward.json")
     with mlflow.start_run(experiment_id=ensure_experiment("hal-evaluate-reward-uri", settings)):
         log_reward_model(reward, str(path), "hal-reward-evaluate-test", "champion")
-    questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal16q_published.json")
     loaded = load_evaluation_reward.fn(
         "models:/hal-reward-evaluate-test@champion", settings, questionnaire
     )

@@ -14,7 +14,6 @@ from hal_core.evaluation import (
     EpochFile,
     discover_epoch_files,
     evaluate_scores,
-    load_rating_questionnaire,
     mean_ci,
     paired_t_test,
     ratings_from_results,
@@ -25,6 +24,7 @@ from hal_core.evaluation import (
 )
 from hal_core.judging import RatingResult
 from hal_core.paper import HAL16Q_PUBLISHED_TRAIT_IDS, PAPER_WEIGHT_TRAIT_IDS, load_paper_weights
+from hal_core.questionnaire import Questionnaire
 from hal_core.reward import HLReward
 from hal_core.tables import TableError
 
@@ -108,7 +108,7 @@ def test_missing_base_epoch_is_an_error() -> None:
 def test_published_questionnaire_pairs_14_of_16_positions_with_another_traits_weight(
     data_dir: Path,
 ) -> None:
-    questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal16q_published.json")
     assert questionnaire.trait_ids == list(HAL16Q_PUBLISHED_TRAIT_IDS)
     # w[k] was fitted on these HAL32Q traits (data README); applied by position it meets
     # the same trait at positions 1 and 7 only.
@@ -150,9 +150,7 @@ def test_published_statement_ids_are_their_nearest_hal32q_traits(data_dir: Path)
     from hal_core.questionnaire import Questionnaire
 
     published = list(
-        load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
-        .texts()
-        .values()
+        Questionnaire.load(data_dir / "questionnaires/hal16q_published.json").texts().values()
     )
     hal32q = Questionnaire.load(data_dir / "questionnaires/hal32q.json")
     vectorizer = TfidfVectorizer().fit([*published, *hal32q.texts().values()])
@@ -164,7 +162,7 @@ def test_published_statement_ids_are_their_nearest_hal32q_traits(data_dir: Path)
 def test_two_scores_paper_compatible_reproduces_hal16_score_and_by_id_uses_fitted_ids(
     data_dir: Path,
 ) -> None:
-    questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal16q_published.json")
     scoring = paper_readings(data_dir, questionnaire)
     files = discover_epoch_files(data_dir / "aligned_outputs", ["Llama-3.2-1B-Instruct"])
     assert [f.epoch for f in files] == [0, 1, 2, 3, 4, 5, 6, 8, 10]
@@ -218,7 +216,7 @@ def test_discovery_rejects_unknown_model_folders(tmp_path: Path) -> None:
 
 
 def test_bad_stored_rating_names_file_and_row(tmp_path: Path, data_dir: Path) -> None:
-    questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal16q_published.json")
     good = json.dumps([3] * 16)
     path = write_responses(tmp_path / "m", ["a", "b"], [good, json.dumps([3] * 15 + [7])])
     responses = read_responses(EpochFile("m", 0, path))
@@ -250,7 +248,7 @@ def test_judge_failures_are_recorded_not_dropped() -> None:
 def test_a_project_reward_scores_by_its_trait_ids_without_a_second_reading(
     data_dir: Path,
 ) -> None:
-    questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal16q_published.json")
     reward = HLReward({"t05": 2.0, "t01": -1.0}, bias=0.5)
     scoring = reward_readings(reward, questionnaire)
     assert scoring.reward is reward and scoring.by_id is None and scoring.explanation == ""
@@ -272,7 +270,7 @@ def test_a_cached_rating_run_becomes_ratings_failures_and_out_of_domain_flags(
     from hal_core.judges import rate_cached
     from hal_core.rating_cache import RatingCache
 
-    questionnaire = load_rating_questionnaire(data_dir / "questionnaires/hal16q_published.json")
+    questionnaire = Questionnaire.load(data_dir / "questionnaires/hal16q_published.json")
 
     class EchoJudge:
         """Rates every trait 3, except a dialogue without a patient line (kind input)."""
