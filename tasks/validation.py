@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -169,6 +170,21 @@ def _run_checkpoint(frame: pd.DataFrame, contract: DataContract, project_root: P
     return checkpoint.run(batch_parameters={"dataframe": frame})
 
 
+PASSED_MARKER = "passed.key"
+"""Beside a passing result: the key of what passed (rows and contract), so the same table is
+not checked twice (the pipeline validates every file first, and stages check their inputs)."""
+
+
+def _check_key(frame: pd.DataFrame, contract: DataContract) -> str:
+    """Hash of a table's columns and values and of the contract's rules (the derived columns'
+    code is covered by the derived table itself)."""
+    rules = (contract.name, contract.id_column, contract.min_rows, contract.suite_expectations())
+    digest = hashlib.sha256(repr(rules).encode())
+    digest.update("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_contract(
     frame: pd.DataFrame,
     contract_name: str,
@@ -193,16 +209,25 @@ def check_contract(
         raise DataContractError(f"{source}: contract {contract.name}: missing columns {missing}")
     output_dir.mkdir(parents=True, exist_ok=True)
     docs_path = output_dir / "data_docs"
+    result_path = output_dir / "validation_result.json"
+    derived = contract.derive(frame)
+    passed_marker, key = output_dir / PASSED_MARKER, _check_key(derived, contract)
+    if passed_marker.is_file() and passed_marker.read_text() == key and result_path.is_file():
+        # the same rows passed the same contract before: its evidence still stands
+        return ValidationReport(
+            contract.name, source, frame, frame.iloc[0:0], [], result_path, docs_path, None, None
+        )
+    passed_marker.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        result = _run_checkpoint(contract.derive(frame), contract, Path(scratch))
+        result = _run_checkpoint(derived, contract, Path(scratch))
         shutil.rmtree(docs_path, ignore_errors=True)
         shutil.copytree(Path(scratch, "gx", "uncommitted", "data_docs", "local_site"), docs_path)
-    result_path = output_dir / "validation_result.json"
     result_path.write_text(json.dumps(result.describe_dict(), indent=2, default=str))
     failures = _failures(result, contract)
     stale_quarantine = output_dir / "quarantine.csv"
     stale_quarantine.unlink(missing_ok=True)
     if not failures:
+        passed_marker.write_text(key)
         return ValidationReport(
             contract.name, source, frame, frame.iloc[0:0], [], result_path, docs_path, None, None
         )

@@ -138,3 +138,19 @@ def test_quarantine_that_leaves_too_few_rows_is_an_error(data_dir, tmp_path):
     report = check_contract(read_table(path), "turing_ratings32", "quarantine", tmp_path)
     assert len(report.quarantined) == 2 and len(report.valid) == 0
     assert report.error.endswith("quarantine left 0 of 2 rows valid; the contract needs at least 1")
+
+
+def test_a_table_that_passed_is_not_checked_again_but_a_changed_one_is(data_dir, tmp_path):
+    from tasks.validation import PASSED_MARKER
+
+    table = read_table(data_dir / "turing" / "ratings32_gpt-5.csv")
+    first = check_contract(table, "turing_ratings32", "fail", tmp_path)
+    assert first.success and (tmp_path / PASSED_MARKER).is_file()
+    stamp = first.result_path.stat().st_mtime_ns
+    again = check_contract(table.copy(), "turing_ratings32", "fail", tmp_path)
+    assert again.success and len(again.valid) == len(first.valid)
+    assert again.result_path.stat().st_mtime_ns == stamp  # no new GX run
+    broken = table.copy()
+    broken.loc[3, "who_is_human"] = "C"
+    changed = check_contract(broken, "turing_ratings32", "fail", tmp_path)
+    assert not changed.success and changed.error and not (tmp_path / PASSED_MARKER).exists()
