@@ -238,11 +238,15 @@ def split_by_prompt(
 
 
 def to_dataset_dict(splits: dict[str, pd.DataFrame]):
-    """A Hugging Face ``DatasetDict`` with ``prompt``/``chosen``/``rejected``, scores and ids."""
+    """A Hugging Face ``DatasetDict`` with ``prompt``/``chosen``/``rejected``, scores and ids.
+
+    An empty split is left out: ``datasets`` saves one it cannot load back."""
     from datasets import Dataset, DatasetDict
 
     converted = {}
     for name, frame in splits.items():
+        if frame.empty:
+            continue
         table = frame[list(PAIR_COLUMNS)].copy()
         for column in ("prompt_id", "chosen_id", "rejected_id"):
             table[column] = table[column].astype(str)

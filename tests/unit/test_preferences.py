@@ -139,6 +139,15 @@ def test_dataset_dict_carries_texts_scores_and_ids(scored_candidates):
     assert first["chosen_score"] > first["rejected_score"]
 
 
+def test_an_empty_split_is_left_out_so_the_pairs_load_back(scored_candidates, tmp_path):
+    from datasets import load_from_disk
+
+    pairs = build_pairs(scored_candidates.head(40)).pairs
+    to_dataset_dict({"train": pairs, "test": pairs.head(0)}).save_to_disk(str(tmp_path / "d"))
+    loaded = load_from_disk(str(tmp_path / "d"))
+    assert set(loaded) == {"train"} and len(loaded["train"]) == len(pairs)
+
+
 def test_attach_scores_joins_by_id_and_records_misses():
     frame = table([("p1", "a", 0.0), ("p1", "b", 0.0)]).drop(columns="hl")
     scores = pd.DataFrame({"candidate_id": ["b"], "hl": [2.5]})
