@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.embedding import EmbeddingCache, embed_exact
 from hal_core.questionnaire import Questionnaire, Trait
+from hal_core.statements import statement_cell_problem
 from hal_core.tables import ROW_COLUMN, parse_list_cell
 
 STATEMENTS_COLUMN = "human_characteristics"
@@ -56,11 +57,6 @@ STATEMENTS_COLUMN = "human_characteristics"
 NOISE = -1
 """HDBSCAN's label for statements that belong to no cluster."""
 
-RULE_MISSING = "missing cell"
-RULE_NOT_LIST = "not a JSON list"
-RULE_EMPTY = "empty list"
-RULE_NON_STRING = "non-string item"
-RULE_BLANK = "blank item"
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -245,22 +241,6 @@ class StatementProblem:
         return f"{source} row {self.row} (game_id={self.game_id}): {self.rule}: {self.detail}"
 
 
-def _cell_problem(cell: object) -> tuple[str, str] | None:
-    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
-        return RULE_MISSING, "no statements"
-    items = parse_list_cell(cell)
-    if items is None:
-        return RULE_NOT_LIST, f"{str(cell)[:60]!r}"
-    if not items:
-        return RULE_EMPTY, "no statements in the list"
-    for position, item in enumerate(items, start=1):
-        if not isinstance(item, str):
-            return RULE_NON_STRING, f"item {position} is {type(item).__name__}: {item!r:.40}"
-        if not item.strip():
-            return RULE_BLANK, f"item {position} is blank"
-    return None
-
-
 def _require_columns(frame: pd.DataFrame, column: str) -> str:
     source = str(frame.attrs.get("source", "<table>"))
     missing = [name for name in (ROW_COLUMN, "game_id", column) if name not in frame]
@@ -276,7 +256,7 @@ def statement_cell_problems(
     _require_columns(frame, column)
     problems = []
     for row, game_id, cell in zip(frame[ROW_COLUMN], frame["game_id"], frame[column], strict=True):
-        found = _cell_problem(cell)
+        found = statement_cell_problem(cell)
         if found is not None:
             problems.append(StatementProblem(int(row), str(game_id), *found))
     return problems

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -88,27 +88,20 @@ class EmbeddingCache:
             )
 
 
-def embed_texts(
+def _embed_cached(
     texts: Sequence[str],
-    cache: EmbeddingCache | None = None,
-    model_path: str | None = None,
-    batch_size: int = 64,
+    cache: EmbeddingCache | None,
+    encode: Callable[[list[str]], np.ndarray],
 ) -> np.ndarray:
-    """L2-normalized embeddings, one row per text; cached texts are not re-encoded."""
+    """One float32 row per text: cached texts from ``cache``, the rest through ``encode``
+    (in sorted key order, so a batch never depends on which texts were cached)."""
     keys = [text_key(text) for text in texts]
     known = cache.get_many(sorted(set(keys))) if cache is not None else {}
     missing = sorted(
         {key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items()
     )
     if missing:
-        encoder = load_encoder(model_path)
-        vectors = encoder.encode(
-            [text for _, text in missing],
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32)
+        vectors = encode([text for _, text in missing])
         fresh = {key: vector for (key, _), vector in zip(missing, vectors, strict=True)}
         if cache is not None:
             cache.put_many(fresh)
@@ -116,6 +109,30 @@ def embed_texts(
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     return np.vstack([known[key] for key in keys])
+
+
+def embed_texts(
+    texts: Sequence[str],
+    cache: EmbeddingCache | None = None,
+    model_path: str | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """L2-normalized embeddings, one row per text; cached texts are not re-encoded."""
+
+    def encode(batch: list[str]) -> np.ndarray:
+        return (
+            load_encoder(model_path)
+            .encode(
+                batch,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            .astype(np.float32)
+        )
+
+    return _embed_cached(texts, cache, encode)
 
 
 def embed_exact(
@@ -135,26 +152,15 @@ def embed_exact(
     almost surely. Rows are then near unit length (within ~1e-5); derivation renormalizes.
     Use a cache created with ``model_name=EXACT_MODEL_KEY``.
     """
-    keys = [text_key(text) for text in texts]
-    known = cache.get_many(sorted(set(keys))) if cache is not None else {}
-    missing = sorted(
-        {key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items()
-    )
-    if missing:
-        encoder = load_encoder(model_path, "float64")
-        vectors = encoder.encode(
-            [text for _, text in missing],
+
+    def encode(batch: list[str]) -> np.ndarray:
+        vectors = load_encoder(model_path, "float64").encode(
+            batch,
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        rounded = np.round(np.asarray(vectors, dtype=np.float64), EXACT_DECIMALS)
-        rounded = rounded.astype(np.float32)
-        fresh = {key: vector for (key, _), vector in zip(missing, rounded, strict=True)}
-        if cache is not None:
-            cache.put_many(fresh)
-        known.update(fresh)
-    if not texts:
-        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    return np.vstack([known[key] for key in keys])
+        return np.round(np.asarray(vectors, dtype=np.float64), EXACT_DECIMALS).astype(np.float32)
+
+    return _embed_cached(texts, cache, encode)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from hal_core import derivation as dv
+from hal_core import statements as st
 from hal_core.questionnaire import Questionnaire, Trait
 from hal_core.settings import PROJECT_ROOT
 from hal_core.tables import ROW_COLUMN
@@ -59,11 +60,11 @@ def test_malformed_statement_cells_are_named_by_file_row_and_rule() -> None:
     )
     problems = dv.statement_cell_problems(frame)
     assert [(p.row, p.rule) for p in problems] == [
-        (2, dv.RULE_NOT_LIST),
-        (3, dv.RULE_EMPTY),
-        (4, dv.RULE_NON_STRING),
-        (5, dv.RULE_BLANK),
-        (6, dv.RULE_MISSING),
+        (2, st.RULE_NOT_LIST),
+        (3, st.RULE_EMPTY),
+        (4, st.RULE_NON_STRING),
+        (5, st.RULE_BLANK),
+        (6, st.RULE_MISSING),
     ]
     with pytest.raises(dv.StatementsError) as error:
         dv.collect_statements(frame)
@@ -75,7 +76,7 @@ def test_malformed_statement_cells_are_named_by_file_row_and_rule() -> None:
     valid, quarantined = dv.split_statement_rows(frame, problems)
     assert valid[ROW_COLUMN].tolist() == [1]
     assert quarantined[ROW_COLUMN].tolist() == [2, 3, 4, 5, 6]
-    assert quarantined["_failed_rules"].iloc[1].startswith(dv.RULE_EMPTY)
+    assert quarantined["_failed_rules"].iloc[1].startswith(st.RULE_EMPTY)
     statements = dv.collect_statements(valid)
     assert statements["statement_id"].tolist() == ["g1:1", "g1:2"]
     assert statements["text"].tolist() == ["Uses slang.", "Shares plans."]
