@@ -44,3 +44,16 @@ def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     models = tmp_path_factory.mktemp("models")
     return Path(resolve_policy_model(DEFAULT_POLICY_MODEL, models))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first (the demo, then files with slow tests), so that the two xdist
+    workers of ``make test`` finish together; order inside a file is kept."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name == "test_demo.py":
+            return 0
+        return 1 if item.path in slow_files else 2
+
+    items.sort(key=rank)

@@ -66,7 +66,8 @@ def test_make_demo_runs_the_loop_end_to_end(tmp_path: Path, data_dir: Path) -> N
     # the store the demo used: its default under HAL_HOME (this process's MLFLOW_TRACKING_URI,
     # set by earlier tests, points elsewhere)
     settings = HalSettings(home=home, data_dir=data_dir, tracking_uri=f"sqlite:///{home}/mlflow.db")
-    client = MlflowClient(settings.resolved_tracking_uri())
+    store = settings.resolved_tracking_uri()
+    client = MlflowClient(store, registry_uri=store)  # earlier tests set a process-wide registry
     experiment = client.get_experiment_by_name(settings.experiment_pipeline)
     [pipeline] = client.search_runs(
         [experiment.experiment_id], filter_string="attributes.run_name = 'hal_pipeline'"

@@ -290,13 +290,11 @@ def test_negative_learning_rate_fails_before_launch(module_settings, pairs_and_m
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="bench/dpo_throughput.py --tiny ran past 10 min on 2 CPU cores in the last session "
-    "(cause not found yet); run it by hand until it is fixed"
-)
 def test_throughput_bench_runs_both_shipped_recipes_on_cpu():
+    # ~3 min on 2 cores: 32 pairs per arm at 256 tokens (TRL scores every position's 49k-way
+    # log-softmax on CPU, so length and pairs set the cost)
     completed = subprocess.run(
-        [sys.executable, "bench/dpo_throughput.py", "--tiny", "--steps", "2"],
+        [sys.executable, "bench/dpo_throughput.py", "--tiny", "--steps", "1"],
         capture_output=True,
         text=True,
         check=False,
@@ -308,7 +306,7 @@ def test_throughput_bench_runs_both_shipped_recipes_on_cpu():
     assert rows["paper"][1] == "llama-3.2-1b-qlora-paper"
     assert rows["ours"][1] == "llama-3.2-1b-lora-fast"
     assert float(rows["paper"][3]) > 0 and float(rows["ours"][3]) > 0
-    assert any(line.startswith("ours / paper:") for line in lines)
+    assert any(line.startswith("ratio ours / paper:") for line in lines)
 
 
 def test_candidates_are_scored_by_a_judge_and_the_reward(module_settings):
