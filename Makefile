@@ -28,7 +28,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 test: check
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: setup
 	$(BIN)/python bench/fit_reward.py

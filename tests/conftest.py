@@ -48,7 +48,8 @@ def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest files first (the demo, then files with slow tests), so that the two xdist
-    workers of ``make test`` finish together; order inside a file is kept."""
+    workers of ``make test`` finish together (the Makefile turns off xdist's own reordering,
+    which puts files with many tests first); order inside a file is kept."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
 
     def rank(item: pytest.Item) -> int:
