@@ -8,9 +8,9 @@ Each arm runs ``scripts/train_dpo.py`` with a recipe of infra/recipes/dpo/ exact
 the same pairs: real doctor's-visit candidates of ``synthlabs/candidates_test.csv`` paired by
 prompt (prompts ~550 tokens, responses 400-1500). The model is Llama-3.2-1B-shaped with random
 weights and SmolLM2's tokenizer (nothing is downloaded); ``--tiny`` shrinks it for CPUs and
-overrides only what a CPU cannot run (4-bit, bf16, fused AdamW, TF32) and cuts sequences to 256
+overrides only what a CPU cannot run (4-bit, bf16, fused AdamW, TF32) and cuts sequences to 128
 tokens, the same for both arms (on CPU, TRL scores every position over SmolLM2's 49k-token
-vocabulary, so --tiny --steps 1 takes ~3 min on 2 cores).
+vocabulary: that sets the cost of --tiny, ~2 min for --steps 1 on 2 cores).
 
 Printed per arm: real tokens/s (prompt, chosen and rejected tokens of the pairs trained, as the
 recipe cuts them, over the trainer's ``train_runtime``, which includes the reference log-probs a
@@ -41,8 +41,8 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             tie_word_embeddings=True)  # fmt: skip
 CPU_OVERRIDES = {"load_in_4bit": False, "use_bnb_nested_quant": False, "bf16": False,
                  "tf32": False, "dtype": "float32", "optim": "adamw_torch",
-                 "dataloader_num_workers": 0, "max_length": 256,
-                 "max_prompt_length": 64}  # fmt: skip
+                 "dataloader_num_workers": 0, "max_length": 128,
+                 "max_prompt_length": 48}  # fmt: skip
 RESULT = "BENCH-RESULT "
 
 

@@ -37,6 +37,7 @@ SMALL = {
     "generate_test.persona_limit": 4,
     "align.recipe_overrides.num_train_epochs": 1,
     "fit_reward.stability.n_bootstraps": 10,
+    "derived_reward.stability.n_bootstraps": 5,
 }
 
 

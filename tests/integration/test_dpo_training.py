@@ -291,7 +291,7 @@ def test_negative_learning_rate_fails_before_launch(module_settings, pairs_and_m
 
 @pytest.mark.slow
 def test_throughput_bench_runs_both_shipped_recipes_on_cpu():
-    # ~3 min on 2 cores: 32 pairs per arm at 256 tokens (TRL scores every position's 49k-way
+    # ~2 min on 2 cores: 32 pairs per arm at 128 tokens (TRL scores every position's 49k-way
     # log-softmax on CPU, so length and pairs set the cost)
     completed = subprocess.run(
         [sys.executable, "bench/dpo_throughput.py", "--tiny", "--steps", "1"],
