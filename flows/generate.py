@@ -33,8 +33,9 @@ from hal_core.dialogue_generation import (
     degenerate_counts,
     dialogue_table,
 )
+from hal_core.forms import Internal, RunForm
 from hal_core.generation import SamplingSettings
-from hal_core.personas import CardSettings
+from hal_core.personas import MAX_PROMPT_CHARS, CardSettings
 from hal_core.policy_model import DEFAULT_POLICY_MODEL, policy_model_record
 from hal_core.settings import PROJECT_ROOT, get_settings
 from tasks import tracking
@@ -56,7 +57,7 @@ TINY_CORPUS = ("synthlabs/prompts_test.csv", "synthlabs/candidates_test.csv")
 build the same tiny model)."""
 
 
-class GenerateParams(BaseModel):
+class GenerateParams(RunForm):
     """Parameters of the generate stage (the Prefect UI renders them as a form)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -91,6 +92,12 @@ class GenerateParams(BaseModel):
     )
     persona_ids: list[str] | None = Field(
         default=None, description="Use these persona ids instead (in this order)."
+    )
+    max_prompt_chars: int = Field(
+        default=MAX_PROMPT_CHARS,
+        ge=1,
+        description="Longest persona prompt accepted; a longer one stops the run naming its "
+        "row (refused, not cut: see hal_core.personas.MAX_PROMPT_CHARS).",
     )
     protocol: Protocol = Field(
         default="roleplay",
@@ -134,7 +141,8 @@ class GenerateParams(BaseModel):
         default=None, description="SQLite cache; None = HAL_HOME/cache/generations.sqlite."
     )
     progress: bool = Field(default=False, description="Show a progress bar on stderr.")
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
     def spec(self) -> GenerationSpec:
         return GenerationSpec(
@@ -220,8 +228,16 @@ def generate(params: GenerateParams = GenerateParams()) -> GenerateResult:  # no
     checkpoint, epoch = checkpoint_tag(params)
     prompts_path = settings.input_path(params.prompts_file)
     cache_path = Path(params.cache_file or settings.home_dir / "cache" / "generations.sqlite")
+    # Bad prompts stop the run here, before a run is opened or a model is loaded.
+    personas = read_personas(
+        prompts_path, params.persona_limit, params.persona_ids, params.max_prompt_chars
+    )
     with tracking.stage_run(
-        "generate", settings.experiment_alignment, settings, params.parent_run_id
+        "generate",
+        settings.experiment_alignment,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         tracking.log_params(run_id, params.model_dump(exclude={"parent_run_id"}))
@@ -236,7 +252,6 @@ def generate(params: GenerateParams = GenerateParams()) -> GenerateResult:  # no
         hashes = tracking.input_hashes(inputs)
         model_path = prepare_policy_model(params.policy, *TINY_CORPUS, settings)
         fingerprint = fingerprint_policy(model_path, params.adapter, cache_path)
-        personas = read_personas(prompts_path, params.persona_limit, params.persona_ids)
         jobs = build_jobs(personas, spec, fingerprint, script)
         run_result = generate_dialogues(
             model_path,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from hal_core.scoring import HL_COLUMN, hl_scores
+from hal_core.scoring import HL_COLUMN, hl_scores, require_scores
 from hal_core.settings import get_settings
 from tasks.scoring import load_reward, read_ratings, save_scores
 
@@ -47,13 +47,15 @@ class ScoreResult(BaseModel):
 
 @flow(name="score_ratings")
 def score_ratings(params: ScoreParams) -> ScoreResult:
-    """Score every rated row by trait id; a bad rating fails naming its row and column."""
+    """Score every rated row by trait id; a bad rating or status fails naming its row and
+    column, and so does a file with rows of which none could be scored."""
     settings = get_settings()
     reward = load_reward(params.reward, settings)
     path = settings.input_path(params.ratings_file)
     questionnaire = settings.input_path(params.questionnaire) if params.questionnaire else None
     table, ratings = read_ratings(path, params.list_column, questionnaire)
     scores = hl_scores(ratings, reward)
+    require_scores(scores, str(path))
     output = (
         settings.input_path(params.output_file)
         if params.output_file

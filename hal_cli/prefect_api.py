@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import httpx
 
+from hal_core.settings import TEMPORARY_PREFECT_API
+
 PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT_S = 180.0
 
@@ -62,6 +64,7 @@ def prefect_api() -> Iterator[str]:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         os.environ["PREFECT_API_URL"] = url  # for child processes
+        os.environ[TEMPORARY_PREFECT_API] = url  # links to its flow runs point at `hal serve`
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
                 yield url
@@ -69,6 +72,7 @@ def prefect_api() -> Iterator[str]:
                 _drain_to_api()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop(TEMPORARY_PREFECT_API, None)
         server.terminate()
         try:
             server.wait(timeout=10)

@@ -12,6 +12,11 @@ What starts, and why:
   only where torch sees a GPU. Workers start after the deployments are applied, so the
   SQLite-backed server does not take their first heartbeats during the deploy's writes.
 
+Every store is the home's own: Prefect's DB lives in ``HAL_HOME/prefect`` (the CLI sets
+``PREFECT_HOME`` unless you did), so the UI shows the flow runs of this home. Both stores are
+created or migrated under a file lock first (:func:`prepare_prefect_db`), as a command starting
+beside us on a new home would otherwise build the same schema at the same time.
+
 SIGTERM or SIGINT stops every process of the tree at once; what has not exited after
 ``STOP_GRACE_S`` is killed.
 """
@@ -30,7 +35,7 @@ import httpx
 import psutil
 import yaml
 
-from hal_core.settings import PROJECT_ROOT, get_settings
+from hal_core.settings import PROJECT_ROOT, get_settings, store_lock
 
 GPU_POOL = "hal-gpu"
 STOP_GRACE_S = 5.0
@@ -64,6 +69,52 @@ def wait_for_http(
             pass
         time.sleep(0.5)
     raise click.ClickException(f"nothing answered at {url} within {timeout_s:.0f} s")
+
+
+def prefect_sqlite_file() -> Path | None:
+    """The SQLite file of the Prefect DB a local server would use (None: not SQLite, or not
+    migrated by us because ``PREFECT_API_DATABASE_MIGRATE_ON_START`` is off)."""
+    from prefect.settings import get_current_settings
+
+    database = get_current_settings().server.database
+    url = database.connection_url.get_secret_value() if database.connection_url else ""
+    scheme, separator, rest = url.partition(":///")
+    if not database.migrate_on_start or not separator or not scheme.startswith("sqlite"):
+        return None
+    file = rest.partition("?")[0]
+    return Path(file).resolve() if file and file != ":memory:" else None
+
+
+def prepare_prefect_db() -> Path | None:
+    """Create or migrate the SQLite DB of a local Prefect server under its file lock, before a
+    server starts on it; returns the file (None: nothing to do, see :func:`prefect_sqlite_file`).
+
+    A Prefect server migrates its DB as it starts, without a lock: two commands starting at once
+    on a new HAL_HOME raced there, and one server exited (alembic: "expected to match one row").
+    A stamp beside the DB names the Prefect version it was migrated to, so that later commands
+    skip the check (5 s of imports and alembic).
+    """
+    from importlib.metadata import version
+
+    path = prefect_sqlite_file()
+    if path is None:
+        return None
+    stamp_file = path.with_name(f"{path.name}.hal-migrated")
+    stamp = f"prefect {version('prefect')}\n"
+
+    def current() -> bool:
+        return path.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp
+
+    if current():
+        return path
+    with store_lock(path):
+        if not current():
+            import anyio
+            from prefect.server.database.alembic_commands import alembic_upgrade
+
+            anyio.run(anyio.to_thread.run_sync, alembic_upgrade)
+            stamp_file.write_text(stamp)
+    return path
 
 
 def create_process_pools(api_url: str, names: list[str]) -> None:
@@ -148,6 +199,8 @@ def serve_locally(
     prefect_file: str,
 ) -> None:
     """Start the servers and workers, apply the deployments, print the URLs, run until stopped."""
+    from tasks.tracking import prepare_store
+
     settings = get_settings()
     spec_path = Path(prefect_file)
     spec_path = spec_path if spec_path.is_absolute() else PROJECT_ROOT / spec_path
@@ -166,6 +219,7 @@ def serve_locally(
     try:
         server = mlflow_ui = None
         if api_url is None:
+            prepare_prefect_db()
             api_url = f"http://127.0.0.1:{port}/api"
             command = [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
             # Without it the UI calls the API on the default port, whatever --port says.
@@ -176,6 +230,7 @@ def serve_locally(
             mlflow_url = tracking_uri.rstrip("/")
         else:
             mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+            prepare_store(tracking_uri)
             command = mlflow_ui_command(mlflow_port, tracking_uri, settings.artifact_root)
             mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             mlflow_ui = subprocess.Popen(command, env=mlflow_env)

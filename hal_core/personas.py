@@ -5,7 +5,8 @@ instructions around three fields: ``Biography:``, ``Medical condition:`` and ``R
 clinical visit:``. Capable models get the whole prompt (the paper's protocol). A 135M model
 given the ~550-token prompt loses the thread, so the role-play protocol gives it a card of
 about a hundred tokens built from the same row: who the patient is (name and the opening of
-the biography), the condition and why they came.
+the biography), the condition and why they came. A prompt longer than
+:data:`MAX_PROMPT_CHARS` is refused with its file and row, never cut.
 
 The card is built from the prompt row, not from ``personas.json``: the prompts' ``persona_id``
 is a prompt number (train 0-1799, test 0-199, four consecutive prompts written from one
@@ -31,6 +32,15 @@ _FIELDS = re.compile(
 _NAME_RUN = re.compile(r"\b([A-Z][\w'’-]+(?: (?:[A-Z][\w'’-]+|de|del|la|van|von|da|di|le)){1,3})\b")
 _FIELDS_ORDER = ("biography", "condition", "reason")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“'‘(])")
+
+MAX_PROMPT_CHARS = 8000
+"""Longest persona prompt accepted, about three times the longest real one (2,842 characters
+in synthlabs). A longer one is refused, not cut: the whole protocol sends the prompt as it is
+(the paper's prompt, cut, is another prompt; 8,000 characters are about 2,000 tokens, what a
+small policy's context still holds with a dialogue), and the role-play card keeps only the
+opening of the biography by design, so a cut there would silently play a persona that is
+not the row's. A prompt that long is a broken row (an unclosed quote that swallowed the rows
+after it, a pasted document), which is the file's to fix."""
 
 
 class PersonaPrompt(BaseModel):
@@ -89,14 +99,26 @@ def parse_persona_prompt(persona_id: str, prompt: str, where: str) -> PersonaPro
 
 
 def load_persona_prompts(
-    path: str | Path, limit: int | None = None, persona_ids: list[str] | None = None
+    path: str | Path,
+    limit: int | None = None,
+    persona_ids: list[str] | None = None,
+    max_chars: int = MAX_PROMPT_CHARS,
 ) -> list[PersonaPrompt]:
     """The persona prompts of ``path`` in file order: the first ``limit``, or those named by
-    ``persona_ids`` (in that order). Errors name the file and row."""
+    ``persona_ids`` (in that order). Errors name the file and row: a file without prompt rows,
+    an empty selection, and a prompt over ``max_chars`` characters are refused."""
     table = read_table(path)
     for column in ("persona_id", "prompt"):
         if column not in table.columns:
             raise TableError(f"{path}: no column {column!r} (rule: persona prompts have it)")
+    if table.empty:
+        raise TableError(f"{path}: no prompt rows under the header (rule: at least one prompt row)")
+    if limit is not None and limit < 1:
+        raise ValueError(f"{path}: limit {limit} selects no prompt (rule: a limit is at least 1)")
+    if persona_ids is not None and not persona_ids:
+        raise TableError(
+            f"{path}: persona_ids is empty (rule: name at least one, or leave it unset)"
+        )
     ids = table["persona_id"].astype(str)
     repeated = table.loc[ids.duplicated(keep=False), ROW_COLUMN].tolist()
     if repeated:
@@ -109,6 +131,19 @@ def load_persona_prompts(
         table = table.loc[[by_id[str(pid)] for pid in persona_ids]]
     elif limit is not None:
         table = table.head(limit)
+    lengths = table["prompt"].fillna("").astype(str).str.len()
+    over = [
+        f"row {row} (persona_id {persona_id}) has {length:,}"
+        for row, persona_id, length in zip(
+            table[ROW_COLUMN], table["persona_id"], lengths, strict=True
+        )
+        if length > max_chars
+    ]
+    if over:
+        raise TableError(
+            f"{path} column 'prompt': {'; '.join(over[:10])} characters (rule: a persona prompt "
+            f"has at most {max_chars:,} characters; longer ones are refused, not cut)"
+        )
     return [
         parse_persona_prompt(str(persona_id), str(prompt), f"{path} row {row}")
         for persona_id, prompt, row in zip(

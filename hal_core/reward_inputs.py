@@ -21,12 +21,11 @@ import pandas as pd
 
 from hal_core.questionnaire import Questionnaire
 from hal_core.reward import RatingsError, check_rating_columns
+from hal_core.scoring import ID_COLUMN, checked_statuses
 from hal_core.tables import ROW_COLUMN, TableError
 
 RatingsSource = Literal["recorded", "matched_to_hal32q", "rated"]
 
-ITEM_ID_COLUMN = "item_id"
-STATUS_COLUMN = "status"
 CONVERSATION_COLUMNS = ("game_id", "is_human")
 """What the conversations table must hold besides its id column."""
 
@@ -54,7 +53,7 @@ def rated_witnesses(
     """
     source = ratings.attrs.get("source", "<ratings>")
     conversations_source = conversations.attrs.get("source", "<conversations>")
-    missing = [c for c in (ITEM_ID_COLUMN, *questionnaire.trait_ids) if c not in ratings.columns]
+    missing = [c for c in (ID_COLUMN, *questionnaire.trait_ids) if c not in ratings.columns]
     if missing:
         raise TableError(
             f"{source}: lacks columns {missing} (rule: a table written by `hal rate` on "
@@ -70,7 +69,7 @@ def rated_witnesses(
     repeated = keys[keys.duplicated()].tolist()
     if repeated:
         raise TableError(f"{conversations_source}: {id_column} repeats {repeated[:5]}")
-    ids = ratings[ITEM_ID_COLUMN].astype(str)
+    ids = ratings[ID_COLUMN].astype(str)
     unknown = ~ids.isin(set(keys))
     if unknown.any():
         rows = _rows(ratings, unknown)
@@ -78,19 +77,15 @@ def rated_witnesses(
             f"{source} rows {rows[:10]}: item_id not found as {id_column} in "
             f"{conversations_source} (rule: ratings join the conversations by id)"
         )
-    rated = (
-        ratings[STATUS_COLUMN].astype(str).eq("rated")
-        if STATUS_COLUMN in ratings.columns
-        else pd.Series(True, index=ratings.index)
-    )
+    rated = checked_statuses(ratings)
     kept = ratings[rated.to_numpy()]
     values = check_rating_columns(kept, questionnaire.trait_ids, _scale(questionnaire))
     info = conversations.set_index(keys)[list(CONVERSATION_COLUMNS)]
-    joined = info.loc[kept[ITEM_ID_COLUMN].astype(str)]
+    joined = info.loc[kept[ID_COLUMN].astype(str)]
     frame = pd.DataFrame(
         {
             "game_id": joined["game_id"].to_numpy(),
-            "witness": kept[ITEM_ID_COLUMN].astype(str).to_numpy(),
+            "witness": kept[ID_COLUMN].astype(str).to_numpy(),
             "is_human": _as_label(joined["is_human"], conversations_source),
             ROW_COLUMN: kept[ROW_COLUMN].to_numpy() if ROW_COLUMN in kept else kept.index,
         }

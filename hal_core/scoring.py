@@ -1,9 +1,10 @@
 """HL scores of rated dialogues: the one path from a ratings table to scores.
 
 A ratings table has one column per trait id (a judge's ``ratings_table``, a file a user
-wrote, recorded ratings expanded by position). Rows a judge did not rate (``status`` other
-than ``rated``) score NaN and keep their reason; every rated value must be a number on the
-Likert scale, or the error names the row, the column and the rule.
+wrote, recorded ratings expanded by position). Rows a judge did not rate (``status``
+``failed`` or ``missing``) score NaN and keep their reason; any other status, and any rated
+value that is not a number on the Likert scale, is an error naming the row, the column and
+the rule. A table none of whose rows could be scored is an error too (:func:`require_scores`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ import pandas as pd
 from hal_core.tables import ROW_COLUMN
 
 HL_COLUMN, SCORE_ERROR_COLUMN = "hl", "score_error"
-STATUS_COLUMN, ERROR_COLUMN = "status", "error"
+ID_COLUMN, STATUS_COLUMN, KIND_COLUMN, ERROR_COLUMN = "item_id", "status", "error_kind", "error"
+"""The columns of a ratings table besides one per trait id (``ratings_table`` writes them)."""
+RATED_STATUS, FAILED_STATUS, MISSING_STATUS = "rated", "failed", "missing"
+"""The ``status`` of a row the judge rated (the only rows scored), failed on, or has no rating
+for."""
+UNRATED_STATUSES = (FAILED_STATUS, MISSING_STATUS)
+"""The ``status`` of a row without ratings: the judge failed on it (``ratings_table`` writes
+``failed``), or no rating was found for it (``missing``, the alignment stage's candidates)."""
+STATUSES = (RATED_STATUS, *UNRATED_STATUSES)
+NOT_RATED = "not rated"
+"""The ``score_error`` of an unrated row that gave no reason."""
 
 
 class Reward(Protocol):
@@ -29,7 +40,12 @@ class Reward(Protocol):
 
 
 class RatingValueError(ValueError):
-    """A rating that is not a number on the scale; the message names row, column and rule."""
+    """A rating that is not a number on the scale, or a status that is none of
+    :data:`STATUSES`; the message names row, column and rule."""
+
+
+class NothingScoredError(ValueError):
+    """A non-empty table none of whose rows could be scored; the message says why."""
 
 
 def _row_name(table: pd.DataFrame, index: object) -> str:
@@ -64,22 +80,39 @@ def checked_ratings(
     return values
 
 
+def checked_statuses(table: pd.DataFrame) -> pd.Series:
+    """Whether each row is rated (by its ``status``; a table without one is all rated), or an
+    error naming the first row whose status is none of :data:`STATUSES`."""
+    if STATUS_COLUMN not in table.columns:
+        return pd.Series(True, index=table.index)
+    status = table[STATUS_COLUMN]
+    known = status.isin(STATUSES)
+    if not known.all():
+        unknown = table.index[~known.to_numpy()]
+        cell = status.at[unknown[0]]
+        shown = "a blank" if pd.isna(cell) else repr(str(cell))
+        others = f" (and {len(unknown) - 1} more rows)" if len(unknown) > 1 else ""
+        allowed = ", ".join(repr(value) for value in STATUSES)
+        raise RatingValueError(
+            f"{table.attrs.get('source', '<ratings>')} {_row_name(table, unknown[0])}, column "
+            f"{STATUS_COLUMN}: {shown} is not a status{others} (rule: one of {allowed}; only "
+            f"{RATED_STATUS!r} rows are scored)"
+        )
+    return status.eq(RATED_STATUS)
+
+
 def hl_scores(table: pd.DataFrame, reward: Reward, scale: tuple[int, int] = (1, 5)) -> pd.DataFrame:
     """``hl`` and ``score_error`` for every row of ``table``, on its index."""
-    rated = (
-        table[STATUS_COLUMN].astype(str).eq("rated")
-        if STATUS_COLUMN in table.columns
-        else pd.Series(True, index=table.index)
-    )
+    rated = checked_statuses(table)
     scores = pd.DataFrame(
         {HL_COLUMN: np.nan, SCORE_ERROR_COLUMN: pd.Series(None, index=table.index, dtype=object)},
         index=table.index,
     )
     if (~rated).any():
         reasons = (
-            table.loc[~rated, ERROR_COLUMN].fillna("not rated").astype(str)
+            table.loc[~rated, ERROR_COLUMN].fillna(NOT_RATED).astype(str)
             if ERROR_COLUMN in table.columns
-            else "not rated"
+            else NOT_RATED
         )
         scores.loc[~rated, SCORE_ERROR_COLUMN] = reasons
     if rated.any():
@@ -87,3 +120,24 @@ def hl_scores(table: pd.DataFrame, reward: Reward, scale: tuple[int, int] = (1, 
         values.attrs = table.attrs
         scores.loc[rated, HL_COLUMN] = reward.score(values)
     return scores
+
+
+def require_scores(scores: pd.DataFrame, source: str) -> None:
+    """Raise :class:`NothingScoredError` when ``scores`` (of :func:`hl_scores`) has rows but
+    no HL score, with its rows' most common reasons: a request that scores nothing says so."""
+    if scores.empty or scores[HL_COLUMN].notna().any():
+        return
+    reasons = scores[SCORE_ERROR_COLUMN].fillna(NOT_RATED).astype(str).value_counts()
+    shown = ", ".join(
+        f"{count} x {_shortened(reason)!r}" for reason, count in reasons.head(3).items()
+    )
+    more = f" and {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    raise NothingScoredError(
+        f"{source}: none of its {len(scores)} rows was scored ({shown}{more}; rule: a row is "
+        f"scored when its {STATUS_COLUMN} is {RATED_STATUS!r}, or when there is no "
+        f"{STATUS_COLUMN} column)"
+    )
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import sys
 import tempfile
+import tomllib
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 
 from pydantic import Field
@@ -64,6 +69,11 @@ class HalSettings(BaseSettings):
         default="http://127.0.0.1:5000",
         description="MLflow UI serving a local store (`hal serve`), for links (HAL_MLFLOW_UI_URL).",
     )
+    prefect_ui_url: str = Field(
+        default="http://127.0.0.1:4200",
+        description="Prefect UI of `hal serve` on this HAL_HOME, for links to flow runs that ran "
+        "on a command's temporary Prefect API (HAL_PREFECT_UI_URL).",
+    )
 
     def require_data_dir(self) -> Path:
         """The data folder, or a clear error saying how to provide it."""
@@ -111,6 +121,11 @@ class HalSettings(BaseSettings):
     def artifact_root(self) -> Path:
         return self.home_dir / "mlartifacts"
 
+    @property
+    def prefect_home(self) -> Path:
+        """Prefect's local state of this home (its SQLite DB, profiles, storage): not created."""
+        return Path(self.home).resolve() / "prefect"
+
 
 PROCESS_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # models ship in packages or folders; nothing comes from a hub
@@ -137,3 +152,77 @@ def apply_process_defaults() -> None:
 def get_settings() -> HalSettings:
     """Fresh settings from the current environment."""
     return HalSettings()
+
+
+TEMPORARY_PREFECT_API = "HAL_TEMPORARY_PREFECT_API"
+"""Set while a command runs on a Prefect API of its own that goes when it ends (hal_cli's
+``prefect_api``): links to its flow runs point at `hal serve` on the same Prefect home."""
+
+DERIVED_PREFECT_HOME = "HAL_DERIVED_PREFECT_HOME"
+"""Set beside a PREFECT_HOME that hal derived from HAL_HOME (not the user's choice), so that a
+child process with another HAL_HOME derives its own."""
+
+
+def user_profile_api_url(environ: Mapping[str, str], user_home: Path) -> str | None:
+    """PREFECT_API_URL of the active profile in the user's own Prefect profiles file, if any
+    (``prefect cloud login`` and ``prefect config set`` write it there)."""
+    path = Path(environ.get("PREFECT_PROFILES_PATH") or user_home / ".prefect" / "profiles.toml")
+    try:
+        profiles = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None  # no profiles file of one's own: Prefect's defaults (a local API)
+    active = environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    profile = (profiles.get("profiles") or {}).get(active) or {}
+    return profile.get("PREFECT_API_URL") or None
+
+
+def derived_prefect_home(
+    settings: HalSettings, environ: Mapping[str, str], user_home: Path
+) -> Path | None:
+    """The PREFECT_HOME a hal process on this HAL_HOME uses, or None where the user chose
+    Prefect's home or API themselves (PREFECT_HOME, PREFECT_API_URL, or an API URL in their
+    active profile): then Prefect's state is theirs to place."""
+    home = environ.get("PREFECT_HOME")
+    if home and home != environ.get(DERIVED_PREFECT_HOME):
+        return None
+    if environ.get("PREFECT_API_URL") or user_profile_api_url(environ, user_home):
+        return None
+    return settings.prefect_home
+
+
+def isolate_prefect_home(environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Keep Prefect's state (flow runs, its DB, profiles) inside HAL_HOME, so that each HAL_HOME
+    is a whole, separate store: sets PREFECT_HOME unless the user placed Prefect themselves.
+
+    Prefect reads its settings when it is first imported, so this runs before that (the CLI);
+    in a process that has already imported prefect it changes nothing and returns None.
+    """
+    if "prefect" in sys.modules:
+        return None
+    home = derived_prefect_home(get_settings(), environ, Path.home())
+    if home is not None:
+        environ["PREFECT_HOME"] = environ[DERIVED_PREFECT_HOME] = str(home)
+        # Prefect creates its home without parents, at import; a HAL_HOME that cannot be
+        # written is reported where hal first writes there (HalSettings.home_dir)
+        with contextlib.suppress(OSError):
+            home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@contextlib.contextmanager
+def store_lock(store: Path) -> Iterator[None]:
+    """Hold an inter-process lock on the file ``<store>.lock`` while a store is created or
+    migrated: two commands starting at once on a new HAL_HOME would otherwise both build the
+    schema of the same SQLite file, and one of them would crash."""
+    lock = store.with_name(f"{store.name}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a")
+    except OSError as error:
+        raise OSError(
+            f"{lock}: cannot open the lock file that guards the creation of {store.name} "
+            f"({error.strerror}); its folder must be writable"
+        ) from error
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        yield

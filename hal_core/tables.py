@@ -1,8 +1,9 @@
 """Reading and writing the HAL tables: list cells, witness ratings keyed by trait id.
 
 :func:`read_table` is the one CSV reader: UTF-8, comma-delimited, every row as wide as the
-header, or a :class:`TableError` that names the file, row, line and rule. :func:`write_table`
-is the one CSV writer: atomic, and safe to open in a spreadsheet.
+header, ids a spreadsheet cannot run as formulas, or a :class:`TableError` that names the
+file, row, line and rule. :func:`write_table` is the one CSV writer: atomic, and safe to open
+in a spreadsheet, with ids written as given so that outputs join to their inputs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import itertools
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,10 @@ RULE_DELIMITER = "columns are separated by ','"
 RULE_WIDTH = "every row has as many fields as the header"
 RULE_QUOTING = "CSV quoting"
 RULE_MIN_ROWS = "at least {n} data row(s)"
+RULE_ID = (
+    "ids are kept as given, so outputs join to their inputs: an id cannot start with "
+    "= + - @, tab or CR (what a spreadsheet runs as a formula) unless it is a number"
+)
 
 
 @contextlib.contextmanager
@@ -107,11 +112,10 @@ def _decode(raw: bytes, path: Path) -> str:
         line = body.count(b"\n", 0, offset) + 1
         where = f"line {line}, byte {bom + offset}"
         before = body[:offset].decode("utf-8")
-        records = [fields for _, fields in _records(before)]
-        if records and not before.endswith(("\n", "\r")):
-            row, field = len(records) - 1, len(records[-1]) - 1
-        else:
-            row, field = len(records), 0
+        # A letter put where the bad bytes start lands in the field that holds them, even
+        # inside a quoted field that spans lines; at a record's end it starts a new record.
+        records = [fields for _, fields in _records(before + "x")]
+        row, field = len(records) - 1, len(records[-1]) - 1
         if row == 0:
             where = f"header, {where}"
         else:
@@ -196,7 +200,8 @@ def read_table(path: str | Path, min_rows: int = 0) -> pd.DataFrame:
 
     Raises :class:`TableError` naming the file, row, line and rule when the bytes are not
     UTF-8, the file looks delimited by ';' or tab, a row is wider or narrower than the
-    header, or it has fewer than ``min_rows`` data rows. A file that cannot be opened raises
+    header, it has fewer than ``min_rows`` data rows, or an id would run as a spreadsheet
+    formula (:func:`check_ids`). A file that cannot be opened raises
     the ``OSError`` (only that is worth a retry).
     """
     path = Path(path)
@@ -215,6 +220,7 @@ def read_table(path: str | Path, min_rows: int = 0) -> pd.DataFrame:
         )
     frame.insert(0, ROW_COLUMN, np.arange(1, len(frame) + 1))
     frame.attrs["source"] = str(path)
+    check_ids(frame, str(path))
     return frame
 
 
@@ -236,6 +242,31 @@ def neutralize_cell(value: object) -> object:
     return value
 
 
+def is_id_column(name: object) -> bool:
+    """Whether a column holds ids (``game_id``, ``dialogue_id``, ``persona_id``, ``item_id``...):
+    its name is ``id`` or ends with ``_id``."""
+    return isinstance(name, str) and (name == "id" or name.endswith("_id"))
+
+
+def check_ids(frame: pd.DataFrame, where: str) -> None:
+    """Raise :class:`TableError` for id cells that a spreadsheet would run as a formula.
+
+    An id is never neutralized (a leading ``'`` would stop outputs joining to their inputs),
+    so one that :func:`neutralize_cell` would change is refused. Rows are numbered from 1
+    under the header, as ``_row`` numbers them.
+    """
+    bad = []
+    for column in filter(is_id_column, frame.columns):
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            continue  # numbers are written as numbers, "-3" included
+        for position, cell in enumerate(frame[column], start=1):
+            if isinstance(cell, str) and neutralize_cell(cell) != cell:
+                bad.append(f"row {position}, column {column!r}: id {cell!r:.60}")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise TableError(f"{where} {'; '.join(bad[:5])}{more} (rule: {RULE_ID})")
+
+
 def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy whose text cells and column names cannot run as spreadsheet formulas."""
     safe = frame.copy()
@@ -247,12 +278,15 @@ def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
-def table_text(frame: pd.DataFrame, neutralize: bool = True) -> str:
-    """CSV text of a table without index; formula cells neutralized unless told otherwise.
+def table_text(frame: pd.DataFrame, neutralize: bool = True, where: str = "<table>") -> str:
+    """CSV text of a table without index; formula cells neutralized unless told otherwise,
+    ids never (:func:`check_ids` refuses one that would need it; ``where`` names the table).
 
     Records end with CRLF (RFC 4180): the csv writer quotes a field that holds any character
     of the line terminator, so a bare CR inside a cell cannot split its row on reading.
     """
+    if neutralize:
+        check_ids(frame, where)
     safe = neutralize_formulas(frame) if neutralize else frame
     return safe.to_csv(index=False, lineterminator="\r\n")
 
@@ -260,17 +294,26 @@ def table_text(frame: pd.DataFrame, neutralize: bool = True) -> str:
 def write_table(frame: pd.DataFrame, path: str | Path, neutralize: bool = True) -> Path:
     """Write a table as CSV, atomically (a temporary file renamed: a reader never sees half a
     table), with formula cells neutralized (:func:`neutralize_cell`) for people who open it
-    in a spreadsheet. ``neutralize=False`` for a table only later stages read back, where a
-    cell must keep its exact text (a dialogue that starts with "-")."""
+    in a spreadsheet, and ids as given (:func:`check_ids`). ``neutralize=False`` for a table
+    only later stages read back, where a cell must keep its exact text (a dialogue that starts
+    with "-")."""
+    return atomic_write_text(path, table_text(frame, neutralize, where=str(path)))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically (a temporary file renamed: a reader never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    scratch = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # os.open rather than tempfile.mkstemp, whose file is 0600 whatever the umask: the file
+    # gets the mode any new file gets (0644 under umask 022). O_EXCL never reuses a file.
+    handle = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(table_text(frame, neutralize))
+            stream.write(text)
         os.replace(scratch, path)
     except BaseException:
-        Path(scratch).unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
         raise
     return path
 

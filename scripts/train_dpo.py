@@ -5,8 +5,7 @@ process. ``main()`` is a checklist: recipe, seed, logging, resume, MLflow run, m
 train, save. ``TrlParser`` reads a recipe of infra/recipes/dpo/ plus ``--key value`` overrides.
 From the project root::
 
-    python scripts/train_dpo.py --config infra/recipes/dpo/smollm2-cpu.yaml \
-        --model_name_or_path <model folder> --dataset_path <pairs> --check_only
+    python scripts/train_dpo.py --config infra/recipes/dpo/smollm2-cpu.yaml --check_only
     accelerate launch --config_file infra/accelerate/zero2.yaml --num_processes 2 \
         scripts/train_dpo.py --config infra/recipes/dpo/smollm2-cpu.yaml \
         --model_name_or_path <model folder> --dataset_path <pairs> --output_dir <folder>
@@ -125,8 +124,14 @@ def log_adapter(run_id: str, folder: Path, artifact_path: str) -> None:
 
 def skip_cpu_shared_memory_allreduce() -> None:
     """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op (minutes of C++ build)
-    when communication starts; gloo does the job. HAL_DEEPSPEED_CPU_SHM=1 keeps the op."""
-    if os.environ.get("HAL_DEEPSPEED_CPU_SHM") != "1" and not torch.cuda.is_available():
+    when communication starts; gloo does the job. HAL_DEEPSPEED_CPU_SHM=1 keeps the op.
+
+    Only a DeepSpeed launch (``accelerate launch`` sets ACCELERATE_USE_DEEPSPEED) starts that
+    communication, so a plain ``--check_only`` run skips the seconds of importing DeepSpeed.
+    """
+    deepspeed_launch = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    keep = os.environ.get("HAL_DEEPSPEED_CPU_SHM") == "1"
+    if deepspeed_launch and not keep and not torch.cuda.is_available():
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -134,7 +139,8 @@ def skip_cpu_shared_memory_allreduce() -> None:
 
 def main(arguments: list[str] | None = None) -> int:
     skip_cpu_shared_memory_allreduce()
-    # 1. Recipe: typed and checked before anything heavy is loaded.
+    # 1. Recipe: typed and checked before anything heavy is loaded (`hal align` checked it
+    # before reading data; this run checks it again with the pairs and model it was given).
     try:
         hal, training, model_args = parse_recipe(sys.argv[1:] if arguments is None else arguments)
     except ValueError as error:

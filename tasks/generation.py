@@ -22,9 +22,10 @@ from hal_core.dialogue_generation import (
 from hal_core.doctor_script import DoctorScript
 from hal_core.generation import load_policy, policy_fingerprint
 from hal_core.generation_cache import GeneratedDialogue, GenerationCache
-from hal_core.personas import PersonaPrompt, load_persona_prompts
+from hal_core.personas import MAX_PROMPT_CHARS, PersonaPrompt, load_persona_prompts
 from tasks import tracking
 from tasks.rating import progress_bar
+from tasks.retries import retry_unless_bad_input
 
 _EPOCH_FOLDER = re.compile(r"epoch[-_]?(\d+)$")
 
@@ -36,12 +37,21 @@ class GenerationRun(BaseModel):
     stats: GenerationStats
 
 
-@task(name="read_personas", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(
+    name="read_personas",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def read_personas(
-    path: Path, limit: int | None = None, persona_ids: list[str] | None = None
+    path: Path,
+    limit: int | None = None,
+    persona_ids: list[str] | None = None,
+    max_chars: int = MAX_PROMPT_CHARS,
 ) -> list[PersonaPrompt]:
     """The persona prompts to generate for (the first ``limit``, or the named ids)."""
-    return load_persona_prompts(path, limit, persona_ids)
+    return load_persona_prompts(path, limit, persona_ids, max_chars)
 
 
 @task(name="read_doctor_script", cache_policy=NO_CACHE)

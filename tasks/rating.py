@@ -22,10 +22,11 @@ from hal_core.dialogue import SpeakerTags
 from hal_core.domain import out_of_domain_fraction
 from hal_core.judges import JudgeConfig, build_judge, rate_cached
 from hal_core.judges.config import API_KEY_ENV, OpenAIJudgeConfig
-from hal_core.judges.runner import ID_COLUMN, JudgeRun, RatingRun, RetryPolicy, RunPlan
+from hal_core.judges.runner import JudgeRun, RatingRun, RetryPolicy, RunPlan
 from hal_core.judging import JudgeConfigurationError, JudgeRunStats
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import RatingCache
+from hal_core.scoring import ERROR_COLUMN, ID_COLUMN, KIND_COLUMN, RATED_STATUS, STATUS_COLUMN
 from hal_core.tables import ROW_COLUMN, TableError, read_table, write_table
 from tasks import tracking
 
@@ -262,7 +263,9 @@ def log_rating_run(
     tracking.log_metrics(run_id, metrics)
     tracking.log_file(run_id, table_path, "tables")
     table = pd.read_csv(table_path)
-    failures = table.loc[table["status"] != "rated", [ID_COLUMN, "error_kind", "error"]]
+    failures = table.loc[
+        table[STATUS_COLUMN] != RATED_STATUS, [ID_COLUMN, KIND_COLUMN, ERROR_COLUMN]
+    ]
     tracking.log_json(
         run_id,
         {

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from hal_core.settings import PROJECT_ROOT, HalSettings
+from hal_core.tables import atomic_write_text
 
 SOURCE_PACKAGES = ("hal_core", "tasks", "flows", "scripts")
 
@@ -67,6 +66,4 @@ class StageCache:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write(self, key: str, result: dict) -> None:
-        with tempfile.NamedTemporaryFile("w", dir=self.folder, delete=False, suffix=".tmp") as f:
-            json.dump(result, f, indent=2)
-        os.replace(f.name, self.folder / f"{key}.json")
+        atomic_write_text(self.folder / f"{key}.json", json.dumps(result, indent=2))

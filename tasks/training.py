@@ -24,17 +24,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 import psutil
+import yaml
 from mlflow.entities import DatasetInput, InputTag
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from hal_core import preferences
+from hal_core import dpo_recipe, preferences
 from hal_core.generation import load_candidates
-from hal_core.judges.runner import ID_COLUMN
 from hal_core.policy_model import resolve_policy_model
 from hal_core.preferences import PairingConfig, PreferencePairs
+from hal_core.scoring import ID_COLUMN
 from hal_core.settings import PROJECT_ROOT, HalSettings
 from hal_core.tables import ROW_COLUMN, read_table, write_table
 from hal_core.tiny_model import TINY_MODEL_NAME, synthlabs_corpus
@@ -335,14 +336,47 @@ def _child_environment(settings: HalSettings, parent_run_id: str | None) -> dict
     return env
 
 
+def accelerate_config_file(name: str) -> Path:
+    """``infra/accelerate/<name>.yaml``, checked: it exists, reads as a YAML mapping, and asks
+    for no GPUs that are missing."""
+    config = PROJECT_ROOT / "infra" / "accelerate" / f"{name}.yaml"
+    if not config.is_file():
+        known = sorted(p.stem for p in config.parent.glob("*.yaml"))
+        raise RecipeRejectedError(f"no accelerate config {config.name}; known: {known}")
+    try:
+        values = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise RecipeRejectedError(
+            f"accelerate config {config}: cannot be read ({error})"
+        ) from error
+    if not isinstance(values, dict):
+        raise RecipeRejectedError(f"accelerate config {config}: not a YAML mapping")
+    if name == "ddp":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecipeRejectedError(
+                "accelerate config 'ddp' needs GPUs; without them use 'zero2'"
+            )
+    return config
+
+
 @task(name="check_training_recipe", cache_policy=NO_CACHE)
-def check_training_recipe(launch: TrainingLaunch, settings: HalSettings) -> dict[str, Any]:
-    """Run the training script's recipe check (no training); fail naming the bad key."""
-    command = [sys.executable, TRAIN_SCRIPT, *_recipe_arguments(launch), "--check_only"]
+def check_training_recipe(
+    recipe_file: str, overrides: dict[str, Any], accelerate_config: str, settings: HalSettings
+) -> dict[str, Any]:
+    """The training script's recipe check (keys, types, ranges) and the accelerate config's,
+    run before any data is read; fail naming the recipe file, the key and the rule."""
+    accelerate_config_file(accelerate_config)
+    try:
+        dpo_recipe.read_recipe(PROJECT_ROOT / recipe_file)
+    except ValueError as error:
+        raise RecipeRejectedError(str(error)) from error
+    arguments = ["--config", recipe_file, *_override_arguments(overrides), "--check_only=true"]
     completed = subprocess.run(
-        command,
+        [sys.executable, TRAIN_SCRIPT, *arguments],
         cwd=PROJECT_ROOT,
-        env=_child_environment(settings, launch.parent_run_id),
+        env=_child_environment(settings, None),
         capture_output=True,
         text=True,
         check=False,
@@ -362,15 +396,7 @@ def free_port() -> int:
 
 def launch_command(launch: TrainingLaunch, port: int | None = None) -> list[str]:
     """``accelerate launch --config_file infra/accelerate/<cfg>.yaml ... scripts/train_dpo.py``."""
-    config = PROJECT_ROOT / "infra" / "accelerate" / f"{launch.accelerate_config}.yaml"
-    if not config.is_file():
-        known = sorted(p.stem for p in config.parent.glob("*.yaml"))
-        raise ValueError(f"no accelerate config {config.name}; known: {known}")
-    if launch.accelerate_config == "ddp":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("accelerate config 'ddp' needs GPUs; without them use 'zero2'")
+    config = accelerate_config_file(launch.accelerate_config)
     return [
         sys.executable,
         "-m",

@@ -4,10 +4,11 @@ Secrets never live here: the OpenAI-compatible backend names *where* its key com
 environment variable or a Prefect Secret block); the task layer resolves it at run time. A
 config is logged to MLflow and, inside a stage's parameters, stored by Prefect as the flow
 run's parameters, so a key written into one - under ``api_key``, inside ``base_url``
-(``http://user:key@host``) or in any other field - is refused. It is refused rather than moved
-aside because Prefect serializes the parameters model to run a deployment elsewhere: a key kept
-in it would be stored in plain text, or masked and lost on the worker. The refusal never
-repeats the secret (pydantic's errors quote inputs; the offending value is redacted first).
+(``http://user:key@host``, ``?api_key=``, ``/v1/sk-.../``, ``#token``) or in any other
+field - is refused. It is refused rather than moved aside because Prefect serializes the
+parameters model to run a deployment elsewhere: a key kept in it would be stored in plain
+text, or masked and lost on the worker. The refusal never repeats the secret (pydantic's
+errors quote inputs; the offending value is redacted first).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -47,8 +48,10 @@ _SECRET_NAME = re.compile(
 )
 _SECRET_VALUE = re.compile(
     r"^(?:bearer\s+)?(?:"
-    r"(?:sk|rk|gsk|xai|hf|ghp|gho|ghs|github_pat|glpat|pplx|nvapi|r8|fw)[-_][A-Za-z0-9_\-]{16,}"
+    r"(?:sk|rk|gsk|xai|hf|ghp|gho|ghs|ghu|ghr|github_pat|glpat|pplx|nvapi|r8|fw|tgp)[-_]"
+    r"[A-Za-z0-9_\-]{16,}"
     r"|AIza[0-9A-Za-z_\-]{30,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
     r")$",
     re.IGNORECASE,
@@ -64,21 +67,94 @@ def looks_like_secret(value: str) -> bool:
 REDACTED = "<redacted secret"
 """What a secret found in a raw config becomes before validation (so no error repeats it)."""
 
+MASK = "***"
+"""What a credential inside a URL becomes when the URL is shown."""
+
+_RANDOM_CHUNK = re.compile(r"[A-Za-z0-9]{16,}")
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+_PIECES = re.compile(r"[\s=:;,+]+")
+
+
+def _random_token(value: str) -> bool:
+    """Whether ``value`` is a long random token: 24+ characters of letters, digits, ``-`` and
+    ``_``, with a run of 16+ letters and digits that mixes both and reads as no words (its
+    average word, split at case and digit changes, is under 3 characters).
+
+    Model names and paths are words and versions between separators
+    (``Meta-Llama-3-70B-Instruct-Turbo``, ``gpt-4o-mini``, ``v1``). Hexadecimal runs of up to
+    40 digits pass too: they are the account ids, UUIDs and digests that endpoints put in their
+    paths (Cloudflare's ``/accounts/<32 hex>/ai/v1``), at the price of missing a key of that
+    shape (Azure's are headers, not paths).
+    """
+    if len(value) < 24 or not re.fullmatch(r"[A-Za-z0-9_\-]+", value):
+        return False
+    for chunk in _RANDOM_CHUNK.findall(value):
+        mixed = re.search(r"[A-Za-z]", chunk) and re.search(r"[0-9]", chunk)
+        an_id = len(chunk) <= 40 and re.fullmatch(r"[0-9a-f]+|[0-9A-F]+", chunk)
+        if mixed and not an_id and 3 * len(_WORDS.findall(chunk)) > len(chunk):
+            return True
+    return False
+
+
+def _credential_piece(text: str) -> bool:
+    """Whether one part of a URL's path or fragment holds a credential: a key by its vendor
+    prefix, a JWT, a random token, or whatever follows ``Bearer``/``Basic`` or a secret's name
+    (``token=...``)."""
+    pieces = [piece for piece in _PIECES.split(unquote(text)) if piece]
+    for before, piece in zip([None, *pieces], pieces, strict=False):
+        if looks_like_secret(piece) or _random_token(piece):
+            return True
+        if before and (before.lower() in ("bearer", "basic") or _SECRET_NAME.match(before)):
+            return True
+    return False
+
+
+def _secret_query_value(name: str, value: str) -> bool:
+    return bool(_SECRET_NAME.match(name)) or looks_like_secret(value)
+
 
 def redact_url(url: str) -> str:
-    """``url`` without a password or token: userinfo becomes ``***@``, secret-looking query
-    values ``***``."""
+    """``url`` without a password, key or token: userinfo becomes ``***@``, and secret-looking
+    query values, path segments and fragment parts ``***``."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
+        netloc = f"{MASK}@" + netloc.rpartition("@")[2]
     query = parts.query
     if query:
         query = "&".join(
-            f"{name}={'***' if _SECRET_NAME.match(name) or looks_like_secret(value) else value}"
+            f"{name}={MASK if _secret_query_value(name, value) else value}"
             for name, value in parse_qsl(query, keep_blank_values=True)
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    path = "/".join(MASK if _credential_piece(s) else s for s in parts.path.split("/"))
+    fragment = "&".join(MASK if _credential_piece(p) else p for p in parts.fragment.split("&"))
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
+
+
+URL_RULES = {
+    "userinfo": "no user:password@ before the host",
+    "query": "no key in the query (api_key=..., or a value with a key's shape)",
+    "path": "no key in the path (no segment with a known key prefix: sk-, sk-proj-, sk-ant-, "
+    "hf_, gsk_, xai-, AIza, ghp_, AKIA, a JWT...; none after Bearer, Basic or token=; none of "
+    "24+ random letters and digits)",
+    "fragment": "no key in the fragment (the shapes refused in the path)",
+}
+"""Where a base_url may carry no credential, and the rule for each place."""
+
+
+def url_credential_places(url: str) -> list[str]:
+    """The places of ``url`` (:data:`URL_RULES` keys) that hold a credential."""
+    parts = urlsplit(url)
+    found = {
+        "userinfo": "@" in parts.netloc,
+        "query": any(
+            _secret_query_value(name, value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ),
+        "path": any(_credential_piece(segment) for segment in parts.path.split("/")),
+        "fragment": any(_credential_piece(part) for part in parts.fragment.split("&")),
+    }
+    return [place for place, holds in found.items() if holds]
 
 
 def _holds_secret(value: Any) -> bool:
@@ -102,8 +178,9 @@ def _redacted_secrets(data: Any) -> Any:
             pass  # redacted already (parse_judge_config redacts before the union picks a model)
         elif _SECRET_NAME.match(str(name)) or _holds_secret(value):
             value = f"{REDACTED}>"
-        elif isinstance(value, str) and name == "base_url" and redact_url(value) != value:
-            value = f"{REDACTED}: {redact_url(value)}>"
+        elif isinstance(value, str) and name == "base_url" and url_credential_places(value):
+            places = " ".join(url_credential_places(value))
+            value = f"{REDACTED} in {places}: {redact_url(value)}>"
         clean[name] = value
     return clean
 
@@ -126,11 +203,13 @@ class _JudgeConfig(BaseModel):
     @classmethod
     def _refuse_secrets(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and value.startswith(REDACTED):
-            if info.field_name == "base_url":
+            places, _, shown = value[len(REDACTED) : -1].removeprefix(" in ").partition(": ")
+            if info.field_name == "base_url" and shown:
+                rules = "; ".join(URL_RULES[place] for place in places.split())
                 raise ValueError(
-                    f"base_url {value[len(REDACTED) + 2 : -1]} carries a credential "
-                    "(user:password@ or a key in the query), which would be stored with the "
-                    f"run's parameters; {WHERE_KEYS_GO}"
+                    f"base_url {shown} carries a credential (rule: {rules}), which would be "
+                    f"stored with the run's parameters, in MLflow and in its summaries; "
+                    f"{WHERE_KEYS_GO}"
                 )
             if _SECRET_NAME.match(info.field_name):
                 raise ValueError(f"a secret never goes in a config; {WHERE_KEYS_GO}")

@@ -40,9 +40,16 @@ from hal_core.judging import (
 )
 from hal_core.questionnaire import Questionnaire
 from hal_core.rating_cache import AnswerStore, RatingCache, answer_key
+from hal_core.scoring import (
+    ERROR_COLUMN,
+    FAILED_STATUS,
+    ID_COLUMN,
+    KIND_COLUMN,
+    RATED_STATUS,
+    STATUS_COLUMN,
+)
 
 RetryPolicy = Literal["none", "transient", "all"]
-STATUS_COLUMN, ERROR_COLUMN, KIND_COLUMN, ID_COLUMN = "status", "error", "error_kind", "item_id"
 UNKNOWN_KIND = "unknown"
 NO_ANSWER_KIND: ErrorKind = "transient"
 """Kind of the failure recorded for an item the judge gave no answer for: asked again next run."""
@@ -568,7 +575,7 @@ def ratings_table(
             has_domain = True
         row[DOMAIN_DISTANCE_COLUMN] = result.domain_distance
         row[OUT_OF_DOMAIN_COLUMN] = result.out_of_domain
-        row[STATUS_COLUMN] = "rated" if result.ok else "failed"
+        row[STATUS_COLUMN] = RATED_STATUS if result.ok else FAILED_STATUS
         row[KIND_COLUMN] = result.error_kind
         row[ERROR_COLUMN] = result.error
         rows.append(row)

@@ -95,3 +95,20 @@ def test_validate_keeps_the_first_of_a_repeated_id_and_writes_formula_cells_iner
         f"expect_column_values_to_be_unique(game_id): game_id={repeated} is first at row 10, "
         "which is kept"
     ]
+
+
+def test_an_id_a_spreadsheet_would_run_stops_validation_at_once_naming_row_and_column(
+    settings, tmp_path, counted_reads
+) -> None:
+    games = pd.read_csv(settings.data_path("turing/games.csv"))
+    games["game_id"] = games["game_id"].astype(str)
+    games.loc[10, "game_id"] = '=HYPERLINK("http://x","3034")'
+    path = tmp_path / "games_formula_id.csv"
+    games.to_csv(path, index=False)
+
+    with pytest.raises(TableError) as caught:
+        validate_data(ValidateDataParams(datasets={str(path): "turing_games"}, policy="quarantine"))
+    message = str(caught.value)
+    assert message.startswith(f"{path} row 11, column 'game_id': id '=HYPERLINK(")
+    assert "(rule: ids are kept as given, so outputs join to their inputs" in message
+    assert counted_reads == [path]  # bad input is not retried

@@ -31,6 +31,7 @@ from hal_core.training import RUN_RECORD
 from tasks import tracking
 from tasks.training import (
     RecipeRejectedError,
+    TrainingFailedError,
     TrainingLaunch,
     build_preference_pairs,
     check_training_recipe,
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.integration
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 CURVE_KEYS = ("loss", *REWARD_KEYS, "logps/chosen", "logps/rejected", "learning_rate", "grad_norm")
 PAIRS_PER_EPOCH = 8  # 2 processes x micro-batch 2 -> 2 optimizer steps per epoch
+TINY_RECIPE = recipe_path("tiny-cpu")
 
 
 def turn_length_score(text: str) -> float:
@@ -102,7 +104,7 @@ def tiny_launch(
 ) -> TrainingLaunch:
     dataset_path, model = pairs_and_model
     return TrainingLaunch(
-        recipe_file=str(recipe_path("tiny-cpu")),
+        recipe_file=str(TINY_RECIPE),
         overrides={
             "model_name_or_path": model,
             "dataset_path": dataset_path,
@@ -249,44 +251,88 @@ def test_killed_training_resumes_from_its_last_checkpoint(
     assert steps.count(killed_at) == 1  # no step up to the checkpoint was trained twice
 
 
-def test_bad_recipe_fails_before_launch_naming_the_key(module_settings, pairs_and_model, tmp_path):
-    launch = tiny_launch(tmp_path, pairs_and_model, "zero2", epochs=1, lora_rr=4)
+def test_bad_recipe_fails_its_check_naming_the_key(module_settings):
     with pytest.raises(
-        RecipeRejectedError, match=r"unknown key 'lora_rr' \(did you mean 'lora_r'\?\)"
+        RecipeRejectedError,
+        match=rf"override --lora_rr of recipe {TINY_RECIPE}: unknown key 'lora_rr' "
+        r"\(did you mean 'lora_r'\?\)",
     ):
-        check_training_recipe(launch, module_settings)
-    assert not Path(launch.output_dir).exists() and not Path(launch.log_file).exists()
+        check_training_recipe.fn(str(TINY_RECIPE), {"lora_rr": 4}, "zero2", module_settings)
+    with pytest.raises(RecipeRejectedError, match=r"no accelerate config zero9\.yaml; known: "):
+        check_training_recipe.fn(str(TINY_RECIPE), {}, "zero9", module_settings)
+    with pytest.raises(RecipeRejectedError, match=r"recipe .*missing\.yaml: cannot be read"):
+        check_training_recipe.fn("infra/recipes/dpo/missing.yaml", {}, "zero2", module_settings)
 
 
-def test_recipe_keys_are_checked_by_name_type_and_range():
+def test_recipe_keys_are_checked_by_name_type_and_range(tmp_path):
     from hal_core import dpo_recipe as script
 
     base = ["--model_name_or_path", "some/model", "--dataset_path", "pairs", "--output_dir", "out"]
     for recipe in sorted(Path("infra/recipes/dpo").glob("*-cpu.yaml")):
         _, training, model = script.parse_recipe(["--config", str(recipe), *base])
         assert model.use_peft is True and training.output_dir == "out", recipe
-    tiny = ["--config", "infra/recipes/dpo/tiny-cpu.yaml", *base]
-    with pytest.raises(ValueError, match=r"unknown key 'lora_rr' \(did you mean 'lora_r'\?\)"):
+    tiny = ["--config", str(TINY_RECIPE), *base]
+    override = rf"override --{{key}} of recipe {TINY_RECIPE}: "
+    with pytest.raises(
+        ValueError, match=override.format(key="lora_rr") + r"unknown key 'lora_rr' \(did you mean"
+    ):
         script.parse_recipe([*tiny, "--lora_rr", "4"])
-    with pytest.raises(ValueError, match=r"key 'learning_rate' = -0.001 is out of range"):
+    with pytest.raises(
+        ValueError,
+        match=override.format(key="learning_rate")
+        + r"key 'learning_rate' = -0.001 is out of range \(rule: > 0\)",
+    ):
         script.parse_recipe([*tiny, "--learning_rate=-1e-3"])
-    with pytest.raises(ValueError, match=r"key 'beta' = 0.0 is out of range"):
+    with pytest.raises(ValueError, match=r"key 'beta' = 0.0 is out of range \(rule: > 0\)"):
         script.parse_recipe([*tiny, "--beta", "0"])
+    with pytest.raises(
+        ValueError, match=r"'max_train_samples' = 0 .*rule: null or an integer >= 1"
+    ):
+        script.parse_recipe([*tiny, "--max_train_samples", "0"])
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(
+        TINY_RECIPE.read_text().replace("learning_rate: 1.0e-3", "learning_rate: [1]")
+    )
+    with pytest.raises(ValueError, match=rf"recipe {listed}: key 'learning_rate' = \[1\] is out"):
+        script.parse_recipe(["--config", str(listed), *base])
     with pytest.raises(ValueError, match=r"missing required key 'dataset_path'"):
         script.parse_recipe(["--model_name_or_path", "m", "--output_dir", "out"])
     with pytest.raises(ValueError, match=r"'hal-tiny-llama'"):
-        script.parse_recipe(["--config", "infra/recipes/dpo/tiny-cpu.yaml", "--dataset_path", "p"])
+        script.parse_recipe(["--config", str(TINY_RECIPE), "--dataset_path", "p"])
     for gpu_recipe in sorted(Path("infra/recipes/dpo").glob("llama-*.yaml")):  # bf16 needs a GPU
         with pytest.raises(ValueError, match=rf"recipe {gpu_recipe}: .*bf16/gpu"):
             script.parse_recipe(["--config", str(gpu_recipe), *base])
     _, training, _ = script.parse_recipe([*tiny, "--learning_rate", "5e-6"])
-    assert training.learning_rate == 5e-6
+    assert training.learning_rate == pytest.approx(5e-6)
+    # Before `hal align` reads data: no pairs yet, and the tiny model still to be built.
+    hal, _, model = script.parse_recipe(["--config", str(TINY_RECIPE), "--check_only=true"])
+    assert hal.dataset_path is None and model.model_name_or_path == TINY_MODEL_NAME
 
 
-def test_negative_learning_rate_fails_before_launch(module_settings, pairs_and_model, tmp_path):
-    launch = tiny_launch(tmp_path, pairs_and_model, "zero2", epochs=1, learning_rate=-0.1)
-    with pytest.raises(RecipeRejectedError, match=r"key 'learning_rate' = -0.1 is out of range"):
-        check_training_recipe(launch, module_settings)
+def test_training_script_checks_its_recipe_before_loading_anything(module_settings, tmp_path):
+    """The launched script checks the recipe on its own, before the (missing) model and pairs."""
+    launch = TrainingLaunch(
+        recipe_file=str(TINY_RECIPE),
+        overrides={
+            "model_name_or_path": str(tmp_path / "missing-model"),
+            "dataset_path": str(tmp_path / "missing-pairs"),
+            "learning_rate": -0.1,
+        },
+        accelerate_config="single",
+        num_processes=1,
+        output_dir=str(tmp_path / "training"),
+        log_file=str(tmp_path / "training.log"),
+    )
+    with pytest.raises(TrainingFailedError, match=r"training exited with code") as failure:
+        launch_training(launch, module_settings)
+    message = str(failure.value)
+    assert "returned non-zero exit status 2" in message  # the script's exit code for a recipe
+    assert (
+        f"recipe error: override --learning_rate of recipe {TINY_RECIPE}: "
+        "key 'learning_rate' = -0.1 is out of range (rule: > 0)"
+    ) in message
+    assert "OSError" not in message and "FileNotFoundError" not in message
+    assert not Path(launch.output_dir).exists()
 
 
 @pytest.mark.slow

@@ -105,3 +105,54 @@ def test_the_whole_dialogue_protocol_keeps_and_flags_what_it_cannot_read(setting
     assert (table["doctor_script"] == "").all()
     # A random tiny model writes no P:/D: lines: every dialogue is kept, flagged.
     assert set(table["degenerate"]) <= {"empty", "wrong_speaker_tags"}
+
+
+def _prompts_file(tmp_path: Path, data_dir: Path, kind: str) -> Path:
+    """A header-only prompts file, or two real prompts of which the second is 100,000
+    characters longer (one biography word repeated)."""
+    path = tmp_path / f"prompts-{kind}.csv"
+    if kind == "header-only":
+        path.write_text("persona_id,prompt\n", encoding="utf-8")
+        return path
+    table = pd.read_csv(data_dir / "synthlabs" / "prompts_test.csv").head(2)
+    table.loc[1, "prompt"] = table.loc[1, "prompt"].replace(
+        "Biography: ", "Biography: " + "word " * 20_000, 1
+    )
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("header-only", ": no prompt rows under the header (rule: at least one prompt row)"),
+        ("over-long", " column 'prompt': row 2 (persona_id 1) has 10"),
+    ],
+)
+def test_bad_prompts_stop_the_cli_before_a_run_or_a_model(
+    settings, data_dir, tmp_path, monkeypatch, kind, message
+):
+    from click.testing import CliRunner
+
+    import flows.generate
+    from hal_cli.commands import app
+
+    prepared = []
+    monkeypatch.setattr(flows.generate, "prepare_policy_model", lambda *a: prepared.append(a))
+    prompts = _prompts_file(tmp_path, data_dir, kind)
+    invoked = CliRunner().invoke(
+        app, ["generate", "--policy", TINY_MODEL_NAME, "--set", f"prompts_file={prompts}"]
+    )
+    assert invoked.exit_code != 0
+    assert f"{prompts}{message}" in invoked.output
+    if kind == "over-long":
+        assert "at most 8,000 characters; longer ones are refused, not cut" in invoked.output
+    assert prepared == []  # no model was built or loaded
+    client = MlflowClient(settings.resolved_tracking_uri())
+    experiment = client.get_experiment_by_name(settings.experiment_alignment)
+    runs = (
+        client.search_runs([experiment.experiment_id], f"params.prompts_file = '{prompts}'")
+        if experiment
+        else []
+    )
+    assert runs == []  # no MLflow run was opened for it

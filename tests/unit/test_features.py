@@ -187,7 +187,9 @@ def test_featurizer_pools_every_turn_caps_encoder_work_and_is_deterministic(tmp_
     featurizer = DialogueFeaturizer(FeatureConfig(turn_pooling=("mean", "std")), cache=None)
     a = featurizer.transform(dialogues, DOCTOR)
     b = featurizer.transform(dialogues, DOCTOR)
-    np.testing.assert_array_equal(a.values, b.values)
+    # the float32 encoder may move a component by up to ~2e-7 with threads or kernels (see
+    # embed_exact); a lost turn or another pooling moves features by orders of magnitude more
+    np.testing.assert_allclose(a.values, b.values, rtol=0, atol=1e-6)
     assert a.errors[2] is not None and np.isnan(a.values[2]).all() and np.isnan(a.coverage[2])
     assert a.coverage[0] == 1.0 and 0 < a.coverage[1] < 0.1  # 16 of several hundred pieces
     assert a.coverage[3] < 1.0  # 4 of 12 turns encoded

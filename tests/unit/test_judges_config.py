@@ -99,3 +99,60 @@ def test_a_key_hidden_in_local_judge_options_is_refused() -> None:
     with pytest.raises(ValueError) as caught:
         parse_judge_config({"backend": "local", "model_path": "m", "options": {"token": KEY}})
     assert KEY not in _everything_said(caught.value) and "options" in str(caught.value)
+
+
+PATH_KEYS = [
+    ("http://host/v1/{key}/", "sk-proj-Hal7SECRETkey0123456789abcdef"),
+    ("https://host/{key}/v1", "sk-ant-api03-Zq8vN2kLw5Rt9xYp3Hd7Jf1Mc6Bg4Ve0"),
+    ("https://host/v1/{key}", "hf_QwErTy7UiOp3AsDfGh9JkLzXcV5BnM2lKj"),
+    ("https://host/openai/{key}/v1", "gsk_8fJ2kLq9Zx4Vb7Nm1Pw3Rt6Yh0Ds5Ga"),
+    ("https://host/{key}/chat", "xai-Jk4Lm9Nq2Rs7Tv1Wx6Yz3Ab8Cd5Ef0Gh"),
+    ("https://host/v1beta/{key}/", "AIzaSyD4x9Kq2Lm7Np3Rs8Tv1Wx6Yz0Ab5Cd-Ef"),
+    ("https://host/{key}/v1", "ghp_4kLm9Nq2Rs7Tv1Wx6Yz3Ab8Cd5Ef0GhJk"),
+    ("https://host/Bearer%20{key}/v1", "Zq8vN2kLw5Rt"),  # whatever follows Bearer
+    ("https://host/v1/token={key}/", "Rt9xYp3Hd7Jf"),  # whatever follows a secret's name
+    ("https://host/v1/{key}/", "aZ3kP9qLm2XvB7nR4tYw8sDf6GhJ"),  # no prefix: random letters/digits
+    ("https://host/v1#{key}", "sk-proj-Hal7SECRETkey0123456789abcdef"),  # in the fragment
+]
+
+
+@pytest.mark.parametrize(("shape", "key"), PATH_KEYS)
+def test_a_key_in_the_path_of_base_url_is_refused_masked_with_the_rule(shape, key) -> None:
+    url = shape.format(key=key)
+    for build in _refusals("base_url", url):
+        with pytest.raises(ValueError) as caught:
+            build()
+        said = _everything_said(caught.value)
+        assert key not in said
+        message = str(caught.value)
+        assert "base_url" in message and "carries a credential (rule: no key in the" in message
+    masked = shape.split("{key}")[0].replace("Bearer%20", "").replace("token=", "")
+    assert masked.rstrip("/#") in message and "***" in message
+    place = "fragment" if "#" in shape else "path"
+    assert f"no key in the {place}" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:8000/v1",
+        "http://localhost:11434/v1/",
+        "https://api.openai.com/v1",
+        "https://my-lab.openai.azure.com/openai/deployments/gpt-4o-mini/",
+        "http://judge.internal/api/v2/chat",
+        "https://host/models/Meta-Llama-3-70B-Instruct-Turbo/v1",
+        "https://host/models/meta-llama/Llama-3.1-8B-Instruct/v1",
+        "https://host/Qwen2.5-7B-Instruct-AWQ/v1",
+        "https://host/DeepSeek-R1-Distill-Qwen-32B/v1",
+        "https://host/llama3_1_70b_instruct_fp8_dynamic/v1",
+        "https://host/text-embedding-3-large-2024-05-13/v1",
+        "https://host/MyCompanyGpt4oDeployment2024/v1",
+        "https://api.cloudflare.com/client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/ai/v1",
+        "https://host/projects/123e4567-e89b-12d3-a456-426614174000/v1",
+        "https://api.runpod.ai/v2/abc123xyz456/openai/v1",
+        "https://host/v1#chat",
+    ],
+)
+def test_ordinary_base_urls_are_accepted_unchanged(url) -> None:
+    assert OpenAIJudgeConfig(base_url=url).endpoint == url
+    assert parse_judge_config({"base_url": url}).base_url == url

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hal_core.folds import grouped_folds
 from hal_core.questionnaire import Questionnaire
 from hal_core.reward import HLReward, TraitLogisticRegression, paired_accuracy
-from hal_core.reward_comparison import grouped_folds, out_of_fold_scores
+from hal_core.reward_comparison import out_of_fold_scores
 from hal_core.shape_reward import ShapeRewardRegression, thermometer
 from hal_core.tables import read_table, witness_ratings
 
@@ -101,8 +102,10 @@ def test_glass_box_beats_the_l1_reward_on_the_same_game_grouped_folds(gpt5_witne
     l1 = out_of_fold_scores(TraitLogisticRegression, X, y, games, folds)
     shape_accuracy = ((shape > 0) == y).mean()
     l1_accuracy = ((l1 > 0) == y).mean()
-    assert shape_accuracy >= 0.80
-    assert paired_accuracy(shape, y, games) >= 0.88
+    # measured 0.8151 and 0.8941; bounds ~3% below, so about 25 flipped witnesses (or 11
+    # flipped games) are needed to fail, far more than another CPU's last-bit sums can flip
+    assert shape_accuracy >= 0.79
+    assert paired_accuracy(shape, y, games) >= 0.87
     assert shape_accuracy >= l1_accuracy + 0.02
 
 

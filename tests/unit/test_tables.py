@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pandas as pd
 import pytest
 
@@ -5,6 +8,7 @@ from hal_core import tables
 from hal_core.questionnaire import Questionnaire, Trait
 from hal_core.tables import (
     TableError,
+    is_id_column,
     parse_list_cell,
     read_table,
     table_text,
@@ -77,6 +81,33 @@ def test_bytes_that_are_not_utf8_are_named_by_file_row_column_line_and_byte(tmp_
         read_table(header)
 
 
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        # the bad byte starts the second line of a quoted dialogue in data row 1
+        (b'model,dialogue,game_id\ngpt,"Doctor: hi\n\xe9Patient: no",7\nllama,ok,8\n',
+         "row 1, column 'dialogue', line 3"),
+        (b'model,dialogue,game_id\ngpt,"Doctor: hi\r\n\xe9Patient",7\r\n',
+         "row 1, column 'dialogue', line 3"),
+        (b'model,dialogue,game_id\ngpt,"Doctor: hi\n\n\xe9",7\n',
+         "row 1, column 'dialogue', line 4"),
+        # the same byte where a record ends starts the next row's first field
+        (b'model,dialogue,game_id\ngpt,"Doctor: hi\nbye",7\n\xe9llama,ok,8\n',
+         "row 2, column 'model', line 4"),
+        (b'model,dialogue,game_id\ngpt,"Doctor: hi",\xe9\n', "row 1, column 'game_id', line 2"),
+    ],
+)  # fmt: skip
+def test_a_bad_byte_inside_a_multiline_field_names_the_row_and_column_that_hold_it(
+    tmp_path, raw, where
+):
+    path = _write(tmp_path, "dialogues.csv", raw)
+    with pytest.raises(TableError) as caught:
+        read_table(path)
+    assert str(caught.value).startswith(f"{path} {where}")
+    offset = raw.index(b"\xe9")
+    assert f"byte {offset}: bytes b'\\xe9' are not UTF-8" in str(caught.value)
+
+
 def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path = _write(tmp_path, "bom.csv", b"\xef\xbb\xbfgame_id,reason\n1,caf\xc3\xa9\n")
     table = read_table(path)
@@ -127,10 +158,15 @@ def test_unreadable_files_raise_the_os_error_a_retry_may_fix(tmp_path):
         read_table(tmp_path / "missing.csv")
 
 
-def test_the_real_tables_read_exactly_as_pandas_reads_them(data_dir):
-    for name in ("turing/statements_gpt-5.csv", "synthlabs/candidates_test.csv"):
-        table = read_table(data_dir / name, min_rows=1)
-        pd.testing.assert_frame_equal(table.drop(columns="_row"), pd.read_csv(data_dir / name))
+def test_every_real_table_reads_exactly_as_pandas_reads_it_ids_included(data_dir):
+    paths = sorted(data_dir.rglob("*.csv"))
+    id_columns = set()
+    for path in paths:
+        table = read_table(path, min_rows=1)  # no id in the real data breaks the id rule
+        pd.testing.assert_frame_equal(table.drop(columns="_row"), pd.read_csv(path))
+        id_columns.update(filter(is_id_column, table.columns))
+    assert len(paths) > 10
+    assert {"game_id", "dialogue_id", "persona_id", "conversation_id"} <= id_columns
 
 
 def test_written_tables_neutralize_formula_cells_and_keep_numbers(tmp_path):
@@ -157,10 +193,73 @@ def test_written_tables_neutralize_formula_cells_and_keep_numbers(tmp_path):
     assert exact["text"].tolist()[:6] == frame["text"].tolist()[:6]  # \r survives, quoted
 
 
+@pytest.mark.parametrize(
+    "cell",
+    ['=HYPERLINK("http://x")', "@SUM(A1)", "+1+2", "-2+3+cmd|' /C calc'!A0", "-abc",
+     "\tTAB", "\rCR"],
+)  # fmt: skip
+def test_an_id_a_spreadsheet_would_run_is_refused_when_read_naming_file_row_and_column(
+    tmp_path, cell
+):
+    frame = pd.DataFrame({"dialogue": ["a", "b", "c"], "persona_id": ["p1", cell, "p3"]})
+    path = tmp_path / "prompts.csv"
+    frame.to_csv(path, index=False, lineterminator="\r\n")  # CRLF quotes a cell's \r
+    with pytest.raises(TableError) as caught:
+        read_table(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} row 2, column 'persona_id': id {cell!r:.60} (rule: ")
+    assert "ids are kept as given" in message
+    assert "cannot start with = + - @, tab or CR" in message
+
+
+def test_ids_reach_the_output_exactly_as_read_and_join_to_their_inputs(tmp_path):
+    raw = (
+        b"game_id,dialogue_id,item_id,reason\r\n"
+        b"-3,d-1,p1-base-s0-0,=cmd\r\n"
+        b"4,+4,-2.5,@me\r\n"
+        b"17,  d 2,A+B,plain\r\n"
+    )
+    source = _write(tmp_path, "in.csv", raw)
+    table = read_table(source)
+    out = write_table(table.drop(columns="_row"), tmp_path / "out.csv")
+    lines = out.read_bytes().splitlines()
+    assert [line.split(b",")[:3] for line in lines] == [
+        line.split(b",")[:3] for line in raw.splitlines()
+    ]
+    assert lines[1].endswith(b",'=cmd")  # text that is not an id is still neutralized
+    back = read_table(out)
+    for column in ("game_id", "dialogue_id", "item_id"):
+        assert back[column].tolist() == table[column].tolist()
+    joined = table.merge(back, on=["game_id", "dialogue_id", "item_id"], validate="1:1")
+    assert len(joined) == len(table)
+
+
+def test_an_unsafe_id_is_refused_when_written_not_changed(tmp_path):
+    frame = pd.DataFrame({"pair_id": ["ok", "@x"], "note": ["=a", "b"]})
+    with pytest.raises(TableError, match=r"out\.csv row 2, column 'pair_id': id '@x' \(rule: "):
+        write_table(frame, tmp_path / "out.csv")
+    assert list(tmp_path.iterdir()) == []
+    raw = write_table(frame, tmp_path / "raw.csv", neutralize=False)  # for later stages only
+    assert pd.read_csv(raw)["pair_id"].tolist() == ["ok", "@x"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_tables_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        path = write_table(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
+        rewritten = write_table(pd.DataFrame({"a": [2]}), path)  # replacing an old table
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(rewritten.stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
 def test_a_failed_write_leaves_the_old_table_and_no_temporary_file(tmp_path, monkeypatch):
     path = write_table(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
 
-    def disk_full(*args):
+    def disk_full(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(tables, "table_text", disk_full)
