@@ -41,6 +41,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from hal_core.folds import grouped_folds  # noqa: E402
 from hal_core.questionnaire import Questionnaire  # noqa: E402
 from hal_core.reward import (  # noqa: E402
     PAPER_HAL16_TRAIT_IDS,
@@ -48,7 +49,7 @@ from hal_core.reward import (  # noqa: E402
     paired_accuracy,
     row_kfold_accuracies,
 )
-from hal_core.reward_comparison import GradientBoostedTraits, grouped_folds  # noqa: E402
+from hal_core.reward_comparison import GradientBoostedTraits  # noqa: E402
 from hal_core.settings import get_settings  # noqa: E402
 from hal_core.shape_reward import DEFAULT_CS, ShapeRewardRegression, thermometer  # noqa: E402
 from hal_core.stability import StabilityConfig, stability_table, stable_set  # noqa: E402

@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-import yaml
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.dialogue import SpeakerTags
 from hal_core.domain import OUT_OF_DOMAIN_COLUMN
+from hal_core.dpo_recipe import read_recipe
+from hal_core.forms import Internal, RunForm
 from hal_core.generation import SamplingSettings
 from hal_core.judges import JudgeConfig, ratings_table
-from hal_core.judges.runner import ERROR_COLUMN, STATUS_COLUMN
 from hal_core.preferences import PairingConfig
-from hal_core.scoring import hl_scores
+from hal_core.scoring import ERROR_COLUMN, MISSING_STATUS, STATUS_COLUMN, hl_scores
 from hal_core.settings import PROJECT_ROOT, HalSettings, get_settings
 from tasks import tracking
 from tasks.scoring import load_reward
@@ -69,7 +69,7 @@ class GenerationParams(BaseModel):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
 
 
-class AlignParams(BaseModel):
+class AlignParams(RunForm):
     """Parameters of the alignment stage (the Prefect UI renders them as a form)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -133,7 +133,8 @@ class AlignParams(BaseModel):
     force_fresh_start: bool = Field(
         default=False, description="Discard checkpoints of an earlier run instead of resuming."
     )
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
     @model_validator(mode="after")
     def _one_process_for_single(self) -> AlignParams:
@@ -160,9 +161,17 @@ def recipe_path(recipe: str) -> Path:
 
 def recipe_model(path: Path) -> str | None:
     """The model a recipe names (before command-line overrides)."""
-    full = path if path.is_absolute() else PROJECT_ROOT / path
-    values = yaml.safe_load(full.read_text()) or {}
-    return values.get("model_name_or_path")
+    return read_recipe(PROJECT_ROOT / path).get("model_name_or_path")
+
+
+def check_alignment_recipe(params: AlignParams, settings: HalSettings) -> dict[str, Any]:
+    """The DPO recipe with the overrides known before any data is read, and the accelerate
+    config, checked; the pairs (``dataset_path``) and a model to build are still pending."""
+    known = {"model_name_or_path": params.model_name_or_path, "output_dir": params.output_dir}
+    overrides = {**params.recipe_overrides, **{k: v for k, v in known.items() if v is not None}}
+    return check_training_recipe(
+        str(recipe_path(params.recipe)), overrides, params.accelerate_config, settings
+    )
 
 
 def build_scorer(params: AlignParams, settings: HalSettings):
@@ -237,7 +246,7 @@ def ratings_scorer(params: AlignParams, settings: HalSettings):
         rows = ratings.reindex(candidates["candidate_id"].astype(str)).set_axis(candidates.index)
         unrated = rows[STATUS_COLUMN].isna()
         rows[[STATUS_COLUMN, ERROR_COLUMN]] = rows[[STATUS_COLUMN, ERROR_COLUMN]].astype(object)
-        rows.loc[unrated, STATUS_COLUMN] = "missing"
+        rows.loc[unrated, STATUS_COLUMN] = MISSING_STATUS
         rows.loc[unrated, ERROR_COLUMN] = f"no rating for this candidate in {params.ratings_file}"
         rows.attrs["source"] = ratings.attrs.get("source")
         scores = hl_scores(rows, reward)
@@ -295,8 +304,13 @@ def training_launch(
 def align(params: AlignParams = AlignParams()) -> AlignResult:  # noqa: B008
     """Score candidates, pair them by HL score, and train the policy with DPO + LoRA."""
     settings = get_settings()
+    check_alignment_recipe(params, settings)  # a bad recipe fails before any data is read
     with tracking.stage_run(
-        "align", settings.experiment_alignment, settings, params.parent_run_id
+        "align",
+        settings.experiment_alignment,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         tracking.log_params(run_id, params.model_dump())
@@ -319,7 +333,6 @@ def align(params: AlignParams = AlignParams()) -> AlignResult:  # noqa: B008
             settings,
         )
         launch = training_launch(params, settings, model_path, artifact, run_id)
-        check_training_recipe(launch, settings)
         outcome = launch_training(launch, settings)
         summary = {
             **{

@@ -24,6 +24,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core.dialogue import SpeakerTags
+from hal_core.forms import Internal, RunForm
 from hal_core.judges import JudgeConfig, OpenAIJudgeConfig
 from hal_core.judging import JudgeError
 from hal_core.settings import get_settings
@@ -38,7 +39,7 @@ GAMES_CONTRACT = "turing_games"
 STATEMENTS_CONTRACT = "statements"
 
 
-class CollectStatementsParams(BaseModel):
+class CollectStatementsParams(RunForm):
     """Parameters of statement collection (the Prefect UI renders them as a form). Stored by
     Prefect as the flow run's parameters: the judge config refuses secrets, so none is kept."""
 
@@ -79,7 +80,8 @@ class CollectStatementsParams(BaseModel):
         description="Stop on games that break the games contract, or quarantine them and go on.",
     )
     progress: bool = Field(default=False, description="Show a progress bar on stderr.")
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
 
 class CollectStatementsResult(BaseModel):
@@ -111,7 +113,11 @@ def collect_statements(
     cache_path = Path(params.cache_file or settings.home_dir / "cache" / "ratings.sqlite")
     tags = params.speaker_tags
     with tracking.stage_run(
-        "collect_statements", settings.experiment_traits, settings, params.parent_run_id
+        "collect_statements",
+        settings.experiment_traits,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         hashes = tracking.log_inputs(run_id, {"games": games_path})

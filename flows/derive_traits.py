@@ -15,6 +15,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.derivation import DerivationRecipe, trait_centroids
+from hal_core.forms import Internal, RunForm
 from hal_core.judges import JudgeConfig
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import get_settings
@@ -43,7 +44,7 @@ from tasks.validation import Policy, validate_dataset
 STATEMENTS_CONTRACT = "statements"
 
 
-class DeriveTraitsParams(BaseModel):
+class DeriveTraitsParams(RunForm):
     """Parameters of the trait-derivation stage (the Prefect UI renders them as a form)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -92,7 +93,8 @@ class DeriveTraitsParams(BaseModel):
         default="fail",
         description="Stop on malformed statements rows, or quarantine them and go on.",
     )
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
     @model_validator(mode="after")
     def _llm_needs_one_text_model(self) -> DeriveTraitsParams:
@@ -140,7 +142,11 @@ def derive_traits(params: DeriveTraitsParams = DeriveTraitsParams()) -> DeriveTr
     if params.reference_questionnaire:
         inputs["reference"] = settings.input_path(params.reference_questionnaire)
     with tracking.stage_run(
-        "derive_traits", settings.experiment_traits, settings, params.parent_run_id
+        "derive_traits",
+        settings.experiment_traits,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         hashes = tracking.log_inputs(run_id, inputs)

@@ -56,14 +56,18 @@ from hal_core.evaluation import (
     out_of_domain_fractions,
     rated_rows,
     replayed_ratings,
+    require_ratings,
     score_table,
     stored_score_check,
     text_statistics,
 )
+from hal_core.forms import Internal, RunForm
 from hal_core.judges import JudgeConfig
+from hal_core.markdown import metric_value as rounded
 from hal_core.pairwise import evaluate_pairwise, read_judgements
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings, get_settings
+from hal_core.trait_shifts import trait_shift_intervals
 from tasks.evaluation import (
     find_response_files,
     load_evaluation_reward,
@@ -80,12 +84,13 @@ from tasks.evaluation import (
     publish_evaluation,
     read_generated_files,
     read_response_files,
-    register_policy,
 )
 from tasks.rating import judge_params, rate_with_judge, rating_metrics
+from tasks.registry import register_policy
 from tasks.scoring import MLFLOW_SCHEMES
 from tasks.tracking import (
     ParentRunId,
+    RunName,
     input_hashes,
     log_metrics,
     log_params,
@@ -130,7 +135,7 @@ class PolicyRegistration(BaseModel):
     )
 
 
-class EvaluateParams(BaseModel):
+class EvaluateParams(RunForm):
     """What to evaluate and how; paths are relative to the working folder, then the data folder."""
 
     model_config = ConfigDict(extra="forbid")
@@ -201,7 +206,8 @@ class EvaluateParams(BaseModel):
     )
     elo_orderings: int = Field(default=1000, ge=1, description="Random game orders for Elo.")
     seed: int = Field(default=42, description="Seed of the Elo orderings.")
-    parent_run_id: ParentRunId = None
+    parent_run_id: Internal[ParentRunId] = None
+    run_name: Internal[RunName] = None
 
     @model_validator(mode="after")
     def _generated_mode_needs_a_judge(self) -> EvaluateParams:
@@ -331,9 +337,10 @@ def judge_responses(
     scoring: Scoring,
     params: EvaluateParams,
     settings: HalSettings,
+    name: str = "the judge",
 ) -> Judged:
     """Rate every non-degenerate response (replayed, or asked through the rating cache), score
-    it with the reward and summarize per epoch."""
+    it with the reward and summarize per epoch; stop, saying why, when nothing was rated."""
     rows = rated_rows(responses)
     metrics, fingerprint = {}, None
     if judge == "recorded":
@@ -351,6 +358,7 @@ def judge_responses(
         )
         metrics, fingerprint = rating_metrics(run, judge), run.fingerprint
         ratings = judged_ratings(run, scoring.questionnaire.trait_ids, rows)
+    require_ratings(responses, ratings, params.base_epoch, name)
     scale = (scoring.questionnaire.scale.min, scoring.questionnaire.scale.max)
     scored = score_table(responses, ratings.ratings, scoring.reward.reward, scale)
     report = evaluate_scores(
@@ -453,8 +461,8 @@ def register_candidate(
     verdict = "promoted" if decision.promote else "not promoted"
     description = (
         f"Checkpoint {checkpoint} (epoch {epoch}) of a policy aligned from {model}: HL gain "
-        f"{finite_or_none(gain)} over the base (one-sided paired p = {finite_or_none(p)}), "
-        f"second judge gain {finite_or_none(second_gain)}; {verdict} to @{params.policy.alias}."
+        f"{rounded(gain)} over the base (one-sided paired p = {rounded(p)}), second judge "
+        f"gain {rounded(second_gain)}; {verdict} to @{params.policy.alias}."
     )
     return register_policy(
         run_id,
@@ -570,7 +578,11 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
     inputs |= primary.inputs | (second_scoring.inputs if second_scoring else {})
 
     with stage_run(
-        "evaluate", settings.experiment_evaluation, settings, params.parent_run_id
+        "evaluate",
+        settings.experiment_evaluation,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         log_params(
@@ -615,7 +627,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
         second = None
         if second_scoring is not None:
             second = judge_responses(
-                responses, params.second_judge, second_scoring, params, settings
+                responses, params.second_judge, second_scoring, params, settings, "the second judge"
             )
             log_judge(run_id, "second_judge.", second, params.second_judge)
             log_scores(run_id, second.report, "second_judge.hl", report.best_epoch, per_model)
@@ -648,7 +660,10 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
             },
             "evaluation/report.json",
         )
-        plots = log_evaluation_plots(run_id, report, primary.questionnaire)
+        intervals = trait_shift_intervals(
+            judged.scored, primary.questionnaire.trait_ids, params.base_epoch, params.confidence
+        )
+        plots = log_evaluation_plots(run_id, report, primary.questionnaire, intervals)
         publish_evaluation(
             report,
             run_id,
@@ -661,6 +676,8 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # no
             decision=policy.decision,
             registered=f"{params.policy.register_as} v{policy.version}" if policy.version else None,
             notes=result.notes,
+            intervals=intervals,
+            trait_texts=primary.questionnaire.texts(),
         )
 
         if params.pairwise_csv:

@@ -19,6 +19,7 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
+from hal_core.forms import Internal, RunForm
 from hal_core.reward import PAPER_HAL16_TRAIT_IDS, RewardConfig
 from hal_core.reward_inputs import RatingsSource
 from hal_core.reward_promotion import RewardPromotion
@@ -29,6 +30,8 @@ from hal_core.trait_matching import DEFAULT_MATCH_THRESHOLD
 from tasks import tracking
 from tasks.registry import REWARD_MODEL_NAME
 from tasks.reward import (
+    bootstrap_reward_weights,
+    check_reward,
     compare_rewards,
     fit_reward_model,
     fit_shape_reward,
@@ -52,7 +55,7 @@ from tasks.validation import Policy
 RewardKind = Literal["linear", "shape"]
 
 
-class FitRewardParams(BaseModel):
+class FitRewardParams(RunForm):
     """Parameters of the reward stage (the Prefect UI renders them as a form)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -125,15 +128,16 @@ class FitRewardParams(BaseModel):
     alias: str | None = Field(
         default="champion",
         description="Alias the new version takes only when it is at least as good as the "
-        "current holder on check_ratings_file (it is registered as challenger either way); "
-        "empty = none.",
+        "current holder on check_ratings_file. The check runs first; the version is "
+        "registered (as challenger, win or lose) only once it has. Empty = no check.",
     )
     check_ratings_file: str = Field(
         default="turing/ratings32_gpt-5-mini.csv",
         description="The fixed check set of guarded promotion: Turing ratings in the layout "
         "of reference_questionnaire_file, versioned by its sha256.",
     )
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
 
 class FitRewardResult(BaseModel):
@@ -184,7 +188,11 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
         settings.input_path(params.conversations_file) if params.ratings_source == "rated" else None
     )
     with tracking.stage_run(
-        "fit_reward", settings.experiment_reward, settings, params.parent_run_id
+        "fit_reward",
+        settings.experiment_reward,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         inputs = {
@@ -238,7 +246,8 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
         tracking.log_metrics(run_id, {f"input.{k}": v for k, v in main.counts.items()})
 
         fit = fit_reward_model(main.witnesses, questionnaire, params.reward)
-        log_reward_fit(run_id, fit, questionnaire, main.witnesses, params.reward)
+        intervals = bootstrap_reward_weights(main.witnesses, fit, params.reward, params.stability)
+        log_reward_fit(run_id, fit, questionnaire, main.witnesses, params.reward, intervals)
         shape = fit_shape_reward(main.witnesses, questionnaire, params.shape)
         log_shape_reward(run_id, shape, questionnaire, main.witnesses)
 
@@ -266,25 +275,27 @@ def fit_reward(params: FitRewardParams = FitRewardParams()) -> FitRewardResult: 
         output_dir = settings.home_dir / "rewards" / run_id
         reward_path = save_reward(run_id, rewards, params.reward_kind, questionnaire, output_dir)
         tracking.log_params(run_id, {"reward.version": chosen.version})
-        registered, promotion = None, None
-        if params.register_as:
-            registered = register_reward(run_id, chosen, reward_path, params.register_as)
-            if params.alias:
-                promotion = promote_reward(
-                    run_id,
-                    chosen,
-                    params.register_as,
-                    registered,
-                    params.alias,
-                    settings.input_path(params.check_ratings_file),
-                    reference,
-                    settings,
-                )
-                print(f"promotion: {promotion.reason}")
         metrics = headline_metrics(fit, comparison, main.judge, stable)
         tracking.log_metrics(run_id, metrics)
         print(f"reward {params.reward_kind} {chosen.version} ({' '.join(chosen.trait_ids)})")
         print(comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        # The check runs before anything is registered: a check that fails leaves the
+        # registry as it was (no new version, @challenger where it was).
+        registered, promotion = None, None
+        if params.register_as and params.alias:
+            promotion = check_reward(
+                chosen,
+                params.register_as,
+                params.alias,
+                settings.input_path(params.check_ratings_file),
+                reference,
+                settings,
+            )
+        if params.register_as:
+            registered = register_reward(run_id, chosen, reward_path, params.register_as)
+        if promotion is not None:
+            promote_reward(run_id, params.register_as, registered, params.alias, promotion)
+            print(f"promotion: {promotion.reason}")
     return FitRewardResult(
         run_id=run_id,
         reward_path=str(reward_path),

@@ -16,12 +16,12 @@ skipped and its recorded result reused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from prefect import Flow, flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.align import AlignParams, AlignResult, align
+from flows.align import AlignParams, AlignResult, align, check_alignment_recipe
 from flows.collect_statements import (
     CollectStatementsParams,
     CollectStatementsResult,
@@ -38,10 +38,12 @@ from flows.train_local_judge import (
     train_local_judge,
 )
 from flows.validate_data import ValidateDataParams, ValidateDataResult, validate_data
+from hal_core.forms import Internal, RunForm
 from hal_core.judges import LocalJudgeConfig
 from hal_core.pipeline_report import pipeline_report, summary_metrics
 from hal_core.settings import get_settings
 from tasks import tracking
+from tasks.reports import publish_markdown
 from tasks.stages import StageCache, input_fingerprint, stage_key
 
 StageName = Literal[
@@ -112,11 +114,28 @@ def _loop_alignment() -> AlignParams:
     return AlignParams(recipe="smollm2-cpu", accelerate_config="single", num_processes=1)
 
 
-class PipelineParams(BaseModel):
+class PipelineParams(RunForm):
     """Every stage's parameters in one form; the pipeline links each stage's results onward
     (the fields it fills are named in each description)."""
 
     model_config = ConfigDict(extra="forbid")
+    # The run form's sections show what a person sets in each stage; the rest keeps the
+    # section's defaults (a recipe or `hal pipeline --set` reaches every field).
+    form_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "validate_data": ("policy",),
+        "collect_statements": ("games_file", "limit"),
+        "derive_traits": ("statements_file", "seeds", "consolidator"),
+        "fit_reward": ("ratings_file", "register_as", "alias"),
+        "derived_reward": ("match_threshold",),
+        "train_local_judge": ("questionnaire", "cv_folds", "seed"),
+        "loop_reward": ("ratings_file",),
+        "second_judge": ("questionnaire", "transfer"),
+        "generate": ("policy", "persona_limit", "samples_per_persona", "n_turns", "seed"),
+        "generate_test": ("prompts_file", "persona_limit", "samples_per_persona"),
+        "rate_dialogues": ("limit", "retry_failures"),
+        "align": ("recipe", "accelerate_config", "num_processes", "pairing.k"),
+        "evaluate": ("confidence", "policy.register_as", "policy.alias", "policy.significance"),
+    }
 
     stages: list[StageName] = Field(
         default_factory=lambda: list(STAGE_ORDER), description="Stages to run, in order."
@@ -180,7 +199,7 @@ class PipelineParams(BaseModel):
         description="Scores the held-out dialogues (files, judges, rewards and the policy's "
         "checkpoints are set from the stages before).",
     )
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
 
 
 class PipelineResult(BaseModel):
@@ -192,7 +211,11 @@ class PipelineResult(BaseModel):
 
 
 class StageRunner:
-    """Runs a stage flow nested under the pipeline's run, or reuses its recorded result."""
+    """Runs a stage flow nested under the pipeline's run, or reuses its recorded result.
+
+    A stage that runs more than once has a role (``fit_reward:loop``, ``generate:test:e1``):
+    its label, or ``role`` where the label stays the stage's name; it names the MLflow run.
+    """
 
     def __init__(self, params: PipelineParams, run_id: str, fingerprint: str, cache: StageCache):
         self.selected, self.use_cache = set(params.stages), params.use_cache
@@ -201,16 +224,23 @@ class StageRunner:
         self.cached: list[str] = []
 
     def __call__(
-        self, name: str, params: BaseModel, *, label: str | None = None, needs: tuple = ()
+        self,
+        name: str,
+        params: BaseModel,
+        *,
+        label: str | None = None,
+        role: str | None = None,
+        needs: tuple = (),
     ) -> BaseModel | None:
         label = label or name
+        run_name = f"{name}:{role}" if role else label
         if name not in self.selected:
             return None
         missing = [i for i, need in enumerate(needs) if need is None]
         if missing:
             raise ValueError(f"stage {label} needs the results of stages that did not run")
         stage = STAGES[name]
-        params = params.model_copy(update={"parent_run_id": self.run_id})
+        params = params.model_copy(update={"parent_run_id": self.run_id, "run_name": run_name})
         key = stage_key(label, params, self.fingerprint, [n.model_dump(mode="json") for n in needs])
         recorded = self.cache.read(key) if self.use_cache else None
         if recorded is not None:
@@ -229,6 +259,8 @@ class StageRunner:
 def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  # noqa: B008
     """The HAL method end to end; each stage a nested MLflow run, unchanged stages cached."""
     settings = get_settings()
+    if "align" in params.stages:
+        check_alignment_recipe(params.align, settings)  # a bad DPO recipe fails before any stage
     fingerprint = input_fingerprint(settings)
     with tracking.stage_run(
         "hal_pipeline", settings.experiment_pipeline, settings, params.parent_run_id
@@ -247,7 +279,7 @@ def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  
                     update={"statements_file": statements.output_file}
                 )
         traits = stage("derive_traits", derivation)
-        reward = stage("fit_reward", params.fit_reward)
+        reward = stage("fit_reward", params.fit_reward, role="hal32q")
         if params.derived_reward is not None and traits is not None:
             stage(
                 "fit_reward",
@@ -259,7 +291,7 @@ def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  
             )
 
         # The judges, and the reward on the traits the training judge rates.
-        judge = stage("train_local_judge", params.train_local_judge)
+        judge = stage("train_local_judge", params.train_local_judge, role="doctor_visits")
         loop_reward = None
         if judge is not None:
             loop_reward = stage(
@@ -270,7 +302,9 @@ def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  
             )
         second = None
         if params.second_judge is not None:
-            second = stage("train_local_judge", params.second_judge, label="train_local_judge:2")
+            second = stage(
+                "train_local_judge", params.second_judge, label="train_local_judge:2", role="second"
+            )
         judge_questionnaire = params.train_local_judge.hal16q_questionnaire_file
         if params.train_local_judge.questionnaire == "hal32q":
             judge_questionnaire = params.train_local_judge.hal32q_questionnaire_file
@@ -352,7 +386,13 @@ def hal_pipeline(params: PipelineParams = PipelineParams()) -> PipelineResult:  
         metrics = summary_metrics(stage.results)
         tracking.log_metrics(run_id, {**metrics, "stages.cached": float(len(stage.cached))})
         report = pipeline_report(run_id, stage.results, stage.cached, metrics)
-        tracking.log_text(run_id, report, "pipeline_report.md")
+        publish_markdown(
+            run_id,
+            report,
+            "pipeline_report.md",
+            "pipeline-report",
+            "What the pipeline run found: rewards, pairs and DPO, HL per epoch, guards, promotion.",
+        )
     return PipelineResult(
         run_id=run_id, stages=results, cached=stage.cached, metrics=metrics, report=report
     )

@@ -20,7 +20,9 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal_core.dialogue import SpeakerTags
-from hal_core.judges import JudgeConfig, OpenAIJudgeConfig
+from hal_core.forms import Internal, RunForm
+from hal_core.judges import JudgeConfig
+from hal_core.judges.presets import LOCAL, JudgeChoice
 from hal_core.judges.runner import ratings_table
 from hal_core.settings import get_settings
 from tasks import tracking
@@ -35,7 +37,7 @@ from tasks.rating import (
 )
 
 
-class RateDialoguesParams(BaseModel):
+class RateDialoguesParams(RunForm):
     """Parameters of the rating stage (the Prefect UI renders them as a form). Stored by
     Prefect as the flow run's parameters: the judge config refuses secrets, so none is kept."""
 
@@ -47,7 +49,7 @@ class RateDialoguesParams(BaseModel):
     )
     text_column: str = Field(default="dialogue", description="Column with the dialogue text.")
     id_column: str | None = Field(
-        default=None, description="Column with unique item ids; None = the row number."
+        default=None, description="Column with unique item ids; empty = the row number."
     )
     questionnaire_file: str = Field(
         default="questionnaires/hal32q.json", description="Questionnaire JSON (traits by id)."
@@ -61,24 +63,30 @@ class RateDialoguesParams(BaseModel):
         default=None,
         description="Custom line tags of the rated and other speakers (wins over speakers).",
     )
-    judge: JudgeConfig = Field(
-        default_factory=OpenAIJudgeConfig,
-        description="Which judge rates (by backend).",
+    judge: JudgeChoice = Field(
+        default=LOCAL,
+        validate_default=True,
+        description="Which judge rates: local = the newest judge trained by "
+        "train-local-judge, or a config of infra/judges/ by name (the CLI's --judge also "
+        "takes a config file).",
     )
     output_file: str | None = Field(
         default=None,
-        description="Ratings CSV; None = HAL_HOME/ratings/INPUT[-firstLIMIT]-JUDGE.csv.",
+        description="Ratings CSV; empty = HAL_HOME/ratings/INPUT[-firstLIMIT]-JUDGE.csv.",
     )
     cache_file: str | None = Field(
-        default=None, description="SQLite rating cache; None = HAL_HOME/cache/ratings.sqlite."
+        default=None, description="SQLite rating cache; empty = HAL_HOME/cache/ratings.sqlite."
     )
     retry_failures: Literal["none", "transient", "all"] = Field(
         default="transient",
         description="Which failures stored by earlier runs are asked again.",
     )
-    limit: int | None = Field(default=None, ge=1, description="Rate only the first N rows.")
+    limit: int | None = Field(
+        default=None, ge=1, description="Rate only the first N rows; empty = all."
+    )
     progress: bool = Field(default=False, description="Show a progress bar on stderr.")
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
 
 class RateDialoguesResult(BaseModel):
@@ -115,7 +123,11 @@ def rate_dialogues(params: RateDialoguesParams) -> RateDialoguesResult:
     cache_path = Path(params.cache_file or settings.home_dir / "cache" / "ratings.sqlite")
     tags = _tags(params)
     with tracking.stage_run(
-        "rate_dialogues", settings.experiment_rating, settings, params.parent_run_id
+        "rate_dialogues",
+        settings.experiment_rating,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         hashes = tracking.log_inputs(

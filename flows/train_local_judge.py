@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_core.domain import DOMAIN_DISTANCE_COLUMN, OUT_OF_DOMAIN_COLUMN, DomainConfig
 from hal_core.features import FeatureConfig
+from hal_core.forms import Internal, RunForm
 from hal_core.local_judge import DOCTOR_VISIT, HAL16Q_ID, TURING, TraitRegressorConfig
 from hal_core.settings import get_settings
 from tasks import tracking
@@ -50,7 +51,7 @@ from tasks.validation import Policy, validate_dataset
 Domain = Literal["doctor_visit", "turing"]
 
 
-class TrainLocalJudgeParams(BaseModel):
+class TrainLocalJudgeParams(RunForm):
     """Parameters of the local-judge stage (the Prefect UI renders them as a form)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -117,7 +118,8 @@ class TrainLocalJudgeParams(BaseModel):
         description="Alias moved to the new version; 'auto' = the questionnaire id and the "
         "domain it rates (hal16q + doctor_visit, hal32q + turing).",
     )
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
     @model_validator(mode="after")
     def _domains_fit_the_questionnaire(self) -> TrainLocalJudgeParams:
@@ -173,7 +175,11 @@ def train_local_judge(
     folds = params.cv_folds or (5 if hal16q else 10)
     started = time.perf_counter()
     with tracking.stage_run(
-        "train_local_judge", settings.experiment_judge, settings, params.parent_run_id
+        "train_local_judge",
+        settings.experiment_judge,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         run_id = run.info.run_id
         inputs: dict[str, Path] = {}

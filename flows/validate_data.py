@@ -9,14 +9,16 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from hal_core.forms import Internal, RunForm
 from hal_core.settings import get_settings
+from hal_core.validation_report import ExpectationOutcome, expectations_markdown
 from tasks import tracking
 from tasks.contracts import DATASET_CONTRACTS
 from tasks.reward import load_table
 from tasks.validation import Policy, validate_dataset
 
 
-class ValidateDataParams(BaseModel):
+class ValidateDataParams(RunForm):
     """Which files to check and what to do with rows that break a contract."""
 
     model_config = ConfigDict(extra="forbid")
@@ -28,7 +30,8 @@ class ValidateDataParams(BaseModel):
     policy: Policy = Field(
         default="quarantine", description="Stop at the first bad file, or quarantine bad rows."
     )
-    parent_run_id: tracking.ParentRunId = None
+    parent_run_id: Internal[tracking.ParentRunId] = None
+    run_name: Internal[tracking.RunName] = None
 
 
 class DatasetSummary(BaseModel):
@@ -61,7 +64,8 @@ def _label(path: Path, data_dir: Path) -> str:
 
 @flow(name="validate_data", log_prints=True)
 def validate_data(params: ValidateDataParams = ValidateDataParams()) -> ValidateDataResult:  # noqa: B008
-    """Validate the data folder; every check's result and Data Docs go to MLflow."""
+    """Validate the data folder; every check's result JSON, offline HTML page and markdown
+    table go to MLflow, with one markdown table of every file's expectations."""
     settings = get_settings()
     data_dir = settings.require_data_dir()
     files = {
@@ -72,14 +76,20 @@ def validate_data(params: ValidateDataParams = ValidateDataParams()) -> Validate
     if not files:
         raise FileNotFoundError(f"{data_dir}: no file matches {sorted(params.datasets)}")
     summaries: list[DatasetSummary] = []
+    outcomes: list[ExpectationOutcome] = []
     with tracking.stage_run(
-        "validate_data", settings.experiment_data, settings, params.parent_run_id
+        "validate_data",
+        settings.experiment_data,
+        settings,
+        params.parent_run_id,
+        run_name=params.run_name,
     ) as run:
         tracking.log_inputs(run.info.run_id, {_label(p, data_dir): p for p in files})
         for path, contract in files.items():
             report = validate_dataset(
                 load_table(path), contract, params.policy, settings, run.info.run_id
             )
+            outcomes += report.outcomes
             summaries.append(
                 DatasetSummary(
                     file=_label(path, data_dir),
@@ -93,6 +103,11 @@ def validate_data(params: ValidateDataParams = ValidateDataParams()) -> Validate
         total_quarantined = sum(s.quarantined_rows for s in summaries)
         tracking.log_metrics(run.info.run_id, {"validation.quarantined_rows": total_quarantined})
         tracking.log_json(run.info.run_id, [s.model_dump() for s in summaries], "summary.json")
+        tracking.log_text(
+            run.info.run_id,
+            expectations_markdown(outcomes, f"Data contracts of {len(files)} files"),
+            "validation/expectations.md",
+        )
     create_table_artifact(
         key="data-validation",
         table=[s.model_dump(exclude={"failed_expectations"}) for s in summaries],

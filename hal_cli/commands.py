@@ -30,7 +30,7 @@ class Shortcut:
     flag: str
     key: str
     help: str
-    kind: Literal["value", "file", "flag", "list", "csv_ints", "negated"] = "value"
+    kind: Literal["value", "file", "judge", "flag", "list", "csv_ints", "negated"] = "value"
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,12 @@ JUDGE_SHORTCUTS = (
     Shortcut("--progress", "progress", "Show a progress bar.", "flag"),
 )
 POLICY = Shortcut("--policy", "validation_policy", "Invalid rows: fail | quarantine.")
+JUDGE_PRESET = Shortcut(
+    "--judge",
+    "judge",
+    "Judge preset (local, or a config of infra/judges/ by name) or a YAML judge config.",
+    "judge",
+)
 
 STAGE_COMMANDS: tuple[StageCommand, ...] = (
     StageCommand(
@@ -123,7 +129,8 @@ STAGE_COMMANDS: tuple[StageCommand, ...] = (
         "flows.rate_dialogues:RateDialoguesParams",
         "Rate dialogues on a questionnaire with a judge; cached, resumable.",
         (
-            *JUDGE_SHORTCUTS,
+            JUDGE_PRESET,
+            *JUDGE_SHORTCUTS[1:],
             Shortcut("--questionnaire", "questionnaire_file", "Questionnaire JSON."),
             Shortcut("--text-column", "text_column", "Dialogue column."),
             Shortcut("--id-column", "id_column", "Unique id column."),
@@ -242,6 +249,10 @@ def set_dotted(values: dict, key: str, value: Any) -> None:
 def shortcut_value(shortcut: Shortcut, given: Any) -> Any:
     if shortcut.kind == "file":
         return read_yaml(given, "config")
+    if shortcut.kind == "judge":
+        from hal_core.judges.presets import preset_names
+
+        return given if given in preset_names() else read_yaml(given, "judge config")
     if shortcut.kind == "csv_ints":
         return [int(part) for part in str(given).split(",")]
     if shortcut.kind == "negated":
@@ -306,10 +317,13 @@ def result_json(result: Any) -> str:
 
 def run_flow(spec: StageCommand, values: dict) -> None:
     """Validate the parameters, run the flow against a Prefect API, print its result."""
-    from hal_cli.prefect_api import prefect_api
+    from hal_cli.prefect_api import configured_api_url, prefect_api
+    from hal_cli.serving import prepare_prefect_db
 
     params = build_params(spec, values)
     try:
+        if configured_api_url() is None:  # a local server will start on this home's DB
+            prepare_prefect_db()
         with prefect_api():
             result = load_object(spec.flow)(params)
     except USER_ERRORS as error:  # bad input or setup: the message says what and where
@@ -349,8 +363,9 @@ def stage_command(spec: StageCommand) -> click.Command:
 
 @click.group(help="hal: human-likeness rewards and alignment.", no_args_is_help=True)
 def app() -> None:
-    from hal_core.settings import apply_process_defaults
+    from hal_core.settings import apply_process_defaults, isolate_prefect_home
 
+    isolate_prefect_home()  # before prefect is imported: it reads PREFECT_HOME once
     apply_process_defaults()
 
 

@@ -1128,18 +1128,6 @@ def assess_stability(
 # Reports
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (no extra dependency)."""
-
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join([header, rule, *rows]) + "\n"
-
-
 def cluster_listing(
     questionnaire: Questionnaire, n_statements: int, n_noise: int, dropped: dict[str, str]
 ) -> str:

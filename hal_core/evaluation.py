@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from hal_core import markdown
 from hal_core.dialogue import SpeakerTags, parse_dialogue
 from hal_core.judges.runner import RatingRun
 from hal_core.judging import RatingResult
@@ -361,6 +362,70 @@ def judged_ratings(run: RatingRun, trait_ids: Sequence[str], index: pd.Index) ->
     ratings, failures = ratings_from_results(results, trait_ids, index)
     flags = [getattr(result, "out_of_domain", None) for result in results]
     return JudgedRatings(ratings, failures, pd.Series(flags, index=index, dtype=object))
+
+
+def _sources(responses: pd.DataFrame) -> str:
+    if SOURCE_COLUMN not in responses.columns:
+        return "the responses"
+    return ", ".join(sorted(responses[SOURCE_COLUMN].astype(str).unique()))
+
+
+def _where(responses: pd.DataFrame, index: Sequence, shown: int = 3) -> str:
+    """``file rows [..]`` of some responses (the first ``shown`` per file)."""
+    part = responses.loc[list(index)]
+    if SOURCE_COLUMN not in part.columns or ROW_COLUMN not in part.columns:
+        return f"rows {list(index)[:shown]}"
+    places = []
+    for source, rows in part.groupby(SOURCE_COLUMN, sort=True)[ROW_COLUMN]:
+        listed = rows.tolist()
+        more = f" and {len(listed) - shown} more" if len(listed) > shown else ""
+        places.append(f"{source} rows {listed[:shown]}{more}")
+    return "; ".join(places)
+
+
+def unrated_reasons(responses: pd.DataFrame, judged: JudgedRatings) -> list[str]:
+    """Why the rows of ``responses`` have no rating: degenerate rows (never sent, by reason)
+    and judge failures (by reason and kind), each with its count and where it is."""
+    reasons = []
+    if DEGENERATE_COLUMN in responses.columns:
+        flagged = responses[responses[DEGENERATE_COLUMN].astype(str) != ""]
+        for reason, part in flagged.groupby(DEGENERATE_COLUMN, sort=True):
+            reasons.append(
+                f"{len(part)} flagged degenerate {reason!r} by the generator, not sent to the "
+                f"judge ({_where(responses, part.index)})"
+            )
+    failures: dict[tuple[str, str], list] = {}
+    for failure in judged.failures:
+        if failure["index"] in responses.index:
+            kind = failure.get("error_kind") or "unknown"
+            failures.setdefault((str(failure["error"]), kind), []).append(failure["index"])
+    for (error, kind), index in sorted(failures.items(), key=lambda item: -len(item[1])):
+        reasons.append(f"{len(index)} failed ({kind}): {error} ({_where(responses, index)})")
+    return reasons
+
+
+def require_ratings(
+    responses: pd.DataFrame, judged: JudgedRatings, base_epoch: int, judge: str = "the judge"
+) -> None:
+    """Stop when nothing can be scored: no response got a full rating from ``judge``, or a
+    model's base epoch got none (every epoch is compared with it). The error names the files
+    and says why the rows went unrated."""
+    rated = judged.ratings.index[judged.ratings.notna().all(axis=1).to_numpy()]
+    if rated.empty:
+        raise TableError(
+            f"{_sources(responses)}: nothing could be rated by {judge}, 0 of {len(responses)} "
+            "dialogues got ratings (rule: an evaluation needs at least one rated dialogue); "
+            + "; ".join(unrated_reasons(responses, judged) or ["no rating was returned"])
+        )
+    for model, part in responses.groupby(MODEL_COLUMN, sort=True):
+        base = part[part[EPOCH_COLUMN] == base_epoch]
+        if not base.empty and base.index.intersection(rated).empty:
+            raise TableError(
+                f"{_sources(base)}: nothing of {model}'s base epoch {base_epoch} could be "
+                f"rated by {judge}, 0 of {len(base)} dialogues got ratings (rule: every epoch "
+                "is compared with a rated base); "
+                + "; ".join(unrated_reasons(base, judged) or ["no rating was returned"])
+            )
 
 
 def score_table(
@@ -979,11 +1044,6 @@ def before_after_examples(
     ]
 
 
-def _fenced(text: str) -> list[str]:
-    fence = "````" if "```" in text else "```"
-    return [f"{fence}text", text, fence]
-
-
 def before_after_markdown(examples: Sequence[BeforeAfter]) -> str:
     """The examples as Markdown: persona, HL before and after, both dialogues."""
     lines = ["# Before and after alignment", ""]
@@ -999,11 +1059,11 @@ def before_after_markdown(examples: Sequence[BeforeAfter]) -> str:
             "",
             f"### Before (epoch {item.before.epoch})",
             "",
-            *_fenced(item.before.dialogue),
+            *markdown.fenced(item.before.dialogue),
             "",
             f"### After (epoch {item.after.epoch})",
             "",
-            *_fenced(item.after.dialogue),
+            *markdown.fenced(item.after.dialogue),
             "",
         ]
     return "\n".join(lines)

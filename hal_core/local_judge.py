@@ -45,7 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from hal_core.dialogue import SpeakerTags
@@ -57,6 +56,7 @@ from hal_core.domain import (
 )
 from hal_core.embedding import EMBEDDING_MODEL, EmbeddingCache
 from hal_core.features import FEATURES_VERSION, DialogueFeaturizer, FeatureConfig, FeatureMatrix
+from hal_core.folds import grouped_folds
 from hal_core.judging import JudgeConfigurationError, RatingResult
 from hal_core.paper import HAL16Q_ID as HAL16Q_ID
 from hal_core.paper import load_paper_weights
@@ -731,12 +731,6 @@ def _text_id(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------ evaluation
-
-
-def grouped_folds(groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, ...]]:
-    """Shuffled GroupKFold splits: no group on both sides of a split."""
-    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(groups)), groups=groups))
 
 
 def cross_val_traits(

@@ -1,5 +1,6 @@
 """What a pipeline run found, in numbers and in words: the metrics its run records and the
-report ``hal pipeline`` prints. Reads the stage results by label (``fit_reward``,
+markdown report ``hal pipeline`` prints (headings and tables, so that MLflow's and Prefect's
+markdown views show it as a report). Reads the stage results by label (``fit_reward``,
 ``align``, ``evaluate``, ...); a stage that did not run is left out."""
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
+
+from hal_core import markdown
+from hal_core.markdown import metric_value, number
 
 REWARD_METRICS = ("cv.accuracy.mean", "cv_grouped.accuracy", "paired.accuracy", "n_selected")
 
@@ -41,51 +45,84 @@ def summary_metrics(results: Mapping[str, BaseModel]) -> dict[str, float]:
     return metrics
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _hl_table(epochs: Mapping[str, Any], best: int | None) -> list[str]:
+    rows = [
+        [
+            int(epoch),
+            number(hl["mean"]),
+            f"[{number(hl['ci_low'])}, {number(hl['ci_high'])}]",
+            hl["n"],
+            "candidate" if int(epoch) == best else "",
+        ]
+        for epoch, hl in sorted(epochs.items(), key=lambda item: int(item[0]))
+    ]
+    return markdown.table(["epoch", "mean HL", "95% CI", "personas", "note"], rows)
 
 
-def _policy_lines(evaluation: dict[str, Any]) -> list[str]:
-    lines = []
+def _policy_sections(evaluation: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    second_gains = evaluation.get("second_judge_gain") or {}
     for model, epochs in (evaluation.get("hl_by_epoch") or {}).items():
         best = evaluation["best_epoch"].get(model)
-        lines.append(f"policy {model}: HL per epoch (mean [95% CI], n personas)")
-        for epoch, hl in sorted(epochs.items(), key=lambda item: int(item[0])):
-            marker = "  <- candidate" if int(epoch) == best else ""
-            lines.append(
-                f"  epoch {int(epoch)}: {_number(hl['mean'])} "
-                f"[{_number(hl['ci_low'])}, {_number(hl['ci_high'])}], n {hl['n']}{marker}"
-            )
+        lines += [f"## Policy {model}", "", "HL per epoch (mean over personas, 95% CI):", ""]
+        lines += _hl_table(epochs, best)
         gain, p = evaluation["hl_gain"].get(model), evaluation["p_value"].get(model)
-        lines.append(f"  gain vs base: {_number(gain)} (one-sided paired p {_number(p, 4)})")
-        second = (evaluation.get("second_judge_gain") or {}).get(model)
-        if model in (evaluation.get("second_judge_gain") or {}):
+        lines += [
+            "",
+            f"- gain vs base: **{number(gain, '+.3f')}** (one-sided paired p {number(p, '.2g')})",
+        ]
+        if model in second_gains:
+            second = second_gains[model]
             direction = "n/a" if second is None else "up" if second > 0 else "down or flat"
-            lines.append(f"  second judge's gain: {_number(second)} ({direction})")
+            lines.append(f"- second judge's gain: {number(second, '+.3f')} ({direction})")
+        lines.append("")
     guards = evaluation.get("guards")
     if guards:
-        lines.append(f"guards at epoch {guards['epoch']} vs base:")
-        for check in guards["checks"]:
-            verdict = "ok" if check["passed"] else "FAILED"
-            lines.append(
-                f"  {check['name']}: {_number(check['value'])} {check['rule']} "
-                f"{check['threshold']} {verdict} {check.get('note') or ''}".rstrip()
-            )
+        passed = sum(1 for check in guards["checks"] if check["passed"])
+        lines += [
+            "## Guards against reward hacking",
+            "",
+            f"Reward-hacking guards at epoch {guards['epoch']} vs base: {passed} of "
+            f"{len(guards['checks'])} passed (base is epoch {guards['base_epoch']}).",
+            "",
+        ]
+        rows = [
+            [
+                check["name"],
+                number(check["value"], ".4g"),
+                f"{check['rule']} {check['threshold']:g}",
+                "ok" if check["passed"] else "**FAILED**",
+                check.get("note") or "",
+            ]
+            for check in guards["checks"]
+        ]
+        lines += [*markdown.table(["guard", "value", "limit", "verdict", "note"], rows), ""]
     decision = evaluation.get("promotion")
     if decision:
         version = evaluation.get("registered_version")
+        model = evaluation.get("registered_model") or "hal-policy"
         verdict = "promoted to @champion" if decision["promote"] else "not promoted"
-        lines.append(f"hal-policy v{version}: {verdict}")
-        lines += [f"  - {reason}" for reason in decision["reasons"]]
+        name = f"{model} v{version}" if version else model
+        lines += [f"## {name}: {verdict}", "", *[f"- {r}" for r in decision["reasons"]], ""]
     for example in (evaluation.get("examples") or [])[:1]:
-        lines.append(
-            f"persona {example['persona_id']} ({example['label']}), HL "
-            f"{_number(example['before'].get('hl'))} -> {_number(example['after'].get('hl'))}"
-        )
-        lines.append("  before:")
-        lines += [f"    {line}" for line in example["before"]["dialogue"].splitlines()]
-        lines.append("  after:")
-        lines += [f"    {line}" for line in example["after"]["dialogue"].splitlines()]
+        before, after = example["before"], example["after"]
+        lines += [
+            f"## Before and after: persona {example['persona_id']} ({example['label']})",
+            "",
+            f"- before: epoch {before['epoch']}, HL {number(before.get('hl'), '+.3f')} "
+            f"(`{before['dialogue_id']}`)",
+            f"- after: epoch {after['epoch']}, HL {number(after.get('hl'), '+.3f')} "
+            f"(`{after['dialogue_id']}`)",
+            "",
+            f"### Before (epoch {before['epoch']})",
+            "",
+            *markdown.fenced(before["dialogue"]),
+            "",
+            f"### After (epoch {after['epoch']})",
+            "",
+            *markdown.fenced(after["dialogue"]),
+            "",
+        ]
     return lines
 
 
@@ -95,10 +132,24 @@ def pipeline_report(
     cached: list[str],
     metrics: Mapping[str, float],
 ) -> str:
-    """The lines ``hal pipeline`` prints: the run, the rewards, the pairs and DPO, the policy."""
-    lines = [f"pipeline run {run_id}; cached stages: {', '.join(cached) or 'none'}"]
-    lines += [f"  {name}: {value:.4f}" for name, value in metrics.items()]
+    """The report ``hal pipeline`` prints and logs as ``pipeline_report.md``, in markdown: the
+    run, the rewards, the pairs and DPO, then the policy (HL per epoch, guards, promotion and
+    one persona before and after)."""
+    lines = [
+        f"# HAL pipeline run `{run_id}`",
+        "",
+        f"Cached stages: {', '.join(f'`{label}`' for label in cached) or 'none'}.",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if metrics:
+        rows = [[f"`{name}`", metric_value(value)] for name, value in metrics.items()]
+        lines += markdown.table(["metric", "value"], rows)
+    else:
+        lines.append("No stage reported a metric.")
+    lines.append("")
     evaluation = _dump(results.get("evaluate"))
     if evaluation.get("mode") == "generated":
-        lines += _policy_lines(evaluation)
-    return "\n".join(lines)
+        lines += _policy_sections(evaluation)
+    return "\n".join(lines).rstrip() + "\n"

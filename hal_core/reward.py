@@ -24,8 +24,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, KFold
+from sklearn.model_selection import KFold
 
+from hal_core.folds import grouped_folds
+from hal_core.reward_curves import HeldOutCurves, held_out_curves
 from hal_core.tables import ROW_COLUMN
 
 PAPER_CV_SEEDS = (57, 14, 20, 10, 82, 89, 8, 23, 45, 19, 45, 95, 44, 64, 80, 30, 10, 8, 72, 95)
@@ -470,8 +472,7 @@ def grouped_out_of_fold_scores(
 ) -> np.ndarray:
     """HL scores of every row from a model fitted (selection included) without its game."""
     scores = np.empty(len(X))
-    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in splitter.split(X, y, groups):
+    for train, test in grouped_folds(groups, folds, seed):
         model = clone(estimator).fit(X.iloc[train], y[train])
         scores[test] = model.decision_function(X.iloc[test])
     return scores
@@ -491,6 +492,8 @@ class RewardFit:
     paired_accuracy: float
     grouped_scores: np.ndarray
     train_scores: np.ndarray
+    grouped_curves: HeldOutCurves
+    """ROC and calibration of ``grouped_scores`` (AUC, Brier score, ECE)."""
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -498,6 +501,7 @@ class RewardFit:
             "cv.accuracy.std": float(self.paper_cv_accuracies.std()),
             "cv_refit.accuracy": self.refit_cv_accuracy,
             "cv_grouped.accuracy": self.grouped_cv_accuracy,
+            **self.grouped_curves.metrics("cv_grouped"),
             "paired.accuracy": self.paired_accuracy,
             "n_selected": float(len(self.selected_trait_ids)),
         }
@@ -513,8 +517,8 @@ def fit_reward(
 
     (a) the paper's protocol: row-wise KFold accuracy of the all-trait model, per seed, and of
     the refit on the selected traits (one seed); (b) game-grouped KFold of the whole procedure,
-    selection included, so no game's witnesses straddle train and test; (c) paired accuracy
-    of the grouped out-of-fold scores.
+    selection included, so no game's witnesses straddle train and test, with the ROC and
+    calibration of its out-of-fold scores; (c) paired accuracy of those scores.
     """
     X = witnesses[list(trait_ids)]
     y = witnesses["is_human"].to_numpy(int)
@@ -539,4 +543,5 @@ def fit_reward(
         paired_accuracy=paired_accuracy(grouped, y, groups),
         grouped_scores=grouped,
         train_scores=fitted.decision_function(X),
+        grouped_curves=held_out_curves(grouped, y),
     )

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
+from hal_core.folds import grouped_folds
 from hal_core.reward import paired_accuracy
 
 COMPARISON_COLUMNS = (
@@ -72,14 +72,6 @@ class Candidate:
     trait_ids: tuple[str, ...]
     make: Callable[[], BaseEstimator]
     selection: str
-
-
-def grouped_folds(
-    groups: np.ndarray, n_splits: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Game-grouped, shuffled folds (the same for every candidate given the same seed)."""
-    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(groups)), groups=groups))
 
 
 def _fit(estimator, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray):

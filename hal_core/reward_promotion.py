@@ -26,7 +26,11 @@ class RewardPromotion(BaseModel):
     check_version: str = Field(description="sha256 of the check set's file (first 12).")
     challenger_paired_accuracy: float | None
     champion_paired_accuracy: float | None
-    champion_version: str | None = None
+    champion_version: str | None = Field(
+        default=None,
+        description="Registry version that held the alias when checked, as a string (`3`), "
+        "the one type of a model version in hal; None when no version held it.",
+    )
 
 
 def check_set_accuracy(reward: HLReward, witnesses: pd.DataFrame) -> float | None:

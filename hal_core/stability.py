@@ -10,6 +10,9 @@ Bootstraps are drawn once per seed over the sorted game ids and shared by every 
 judges are compared on the same resampled games. A bootstrap is fitted with integer sample
 weights (how often each game was drawn) rather than repeated rows: the same objective, fewer
 rows for liblinear.
+
+The same bootstraps give each trait weight a confidence interval (:func:`weight_intervals`):
+the percentile interval of the weight over the bootstrap fits.
 """
 
 from __future__ import annotations
@@ -55,34 +58,91 @@ def bootstrap_games(game_ids: Sequence, n_bootstraps: int, seed: int) -> list[pd
     return draws
 
 
-def selected_traits(
-    X: pd.DataFrame, y: np.ndarray, weights: np.ndarray, C: float, threshold: float
-) -> np.ndarray:
-    """Boolean mask over ``X``'s columns: |weight| of the all-trait L1 fit > threshold."""
+def l1_weights(X: pd.DataFrame, y: np.ndarray, weights: np.ndarray, C: float) -> np.ndarray:
+    """Weights of the L1 fit on ``X``'s columns, each row counted ``weights`` times."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         model = l1_logistic(C).fit(X.to_numpy(float), y, sample_weight=weights)
-    return np.abs(model.coef_[0]) > threshold
+    return model.coef_[0]
+
+
+def selected_traits(
+    X: pd.DataFrame, y: np.ndarray, weights: np.ndarray, C: float, threshold: float
+) -> np.ndarray:
+    """Boolean mask over ``X``'s columns: |weight| of the all-trait L1 fit > threshold."""
+    return np.abs(l1_weights(X, y, weights, C)) > threshold
+
+
+def bootstrap_weights(
+    witnesses: pd.DataFrame, trait_ids: Sequence[str], n_bootstraps: int, seed: int, C: float
+) -> pd.DataFrame:
+    """The L1 fit's weights (columns: trait ids, sorted) on each game-level bootstrap (rows)."""
+    trait_ids = sorted(trait_ids)  # liblinear depends on column order; ids fix it
+    games = witnesses["game_id"].to_numpy()
+    y = witnesses["is_human"].to_numpy(int)
+    X = witnesses[trait_ids]
+    rows = []
+    for draw in bootstrap_games(games, n_bootstraps, seed):
+        weights = draw.reindex(games).to_numpy(float)
+        keep = weights > 0
+        rows.append(l1_weights(X[keep], y[keep], weights[keep], C))
+    return pd.DataFrame(rows, columns=trait_ids).rename_axis("bootstrap")
 
 
 def selection_probability(
     witnesses: pd.DataFrame, trait_ids: Sequence[str], config: StabilityConfig
 ) -> pd.Series:
     """Share of game-level bootstraps in which each trait is selected (index: trait id)."""
-    trait_ids = sorted(trait_ids)  # liblinear depends on column order; ids fix it
-    games = witnesses["game_id"].to_numpy()
-    y = witnesses["is_human"].to_numpy(int)
-    X = witnesses[trait_ids]
-    counts = np.zeros(len(trait_ids))
-    for draw in bootstrap_games(games, config.n_bootstraps, config.seed):
-        weights = draw.reindex(games).to_numpy(float)
-        keep = weights > 0
-        counts += selected_traits(
-            X[keep], y[keep], weights[keep], config.C, config.selection_threshold
-        )
-    return pd.Series(counts / config.n_bootstraps, index=trait_ids, name="selection_probability")
+    draws = bootstrap_weights(witnesses, trait_ids, config.n_bootstraps, config.seed, config.C)
+    selected = (draws.abs() > config.selection_threshold).sum(axis=0).to_numpy(float)
+    return pd.Series(
+        selected / config.n_bootstraps, index=list(draws.columns), name="selection_probability"
+    )
+
+
+def weight_intervals(
+    witnesses: pd.DataFrame,
+    trait_ids: Sequence[str],
+    n_bootstraps: int,
+    seed: int,
+    C: float,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Per trait id (index, sorted): the weight of the L1 fit on every game (``weight``) and
+    the percentile interval of its bootstrap weights (``ci_low``, ``ci_high``).
+
+    The traits are held fixed: for a refit on selected traits the interval says how much the
+    games move the weights, not how often the selection would change (that is
+    :func:`selection_probability`).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    trait_ids = sorted(trait_ids)
+    everyone = np.ones(len(witnesses))
+    full = l1_weights(witnesses[trait_ids], witnesses["is_human"].to_numpy(int), everyone, C)
+    draws = bootstrap_weights(witnesses, trait_ids, n_bootstraps, seed, C)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws.to_numpy(), [tail, 1 - tail], axis=0)
+    table = pd.DataFrame({"weight": full, "ci_low": low, "ci_high": high}, index=trait_ids)
+    return table.rename_axis("trait_id")
+
+
+def reward_weight_intervals(
+    witnesses: pd.DataFrame,
+    trait_ids: Sequence[str],
+    selected_ids: Sequence[str],
+    n_bootstraps: int,
+    seed: int,
+    C: float,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """The paper's two fits with intervals, on the same bootstraps: ``full_*`` for the all-trait
+    fit (every trait id), ``selected_*`` for the refit on ``selected_ids`` (NaN elsewhere)."""
+    full = weight_intervals(witnesses, trait_ids, n_bootstraps, seed, C, confidence)
+    refit = weight_intervals(witnesses, selected_ids, n_bootstraps, seed, C, confidence)
+    return full.add_prefix("full_").join(refit.add_prefix("selected_"))
 
 
 def stability_table(

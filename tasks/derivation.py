@@ -15,6 +15,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hal_core import derivation as core
+from hal_core import markdown
 from hal_core.embedding import EXACT_MODEL_KEY, EmbeddingCache, embed_exact
 from hal_core.judges import JudgeConfig, build_judge
 from hal_core.judging import JudgeConfigurationError
@@ -352,7 +353,7 @@ def log_derivation(
         client.log_text(
             run_id,
             f"# Coverage of the reference questionnaire\n\n{summary}\n\n"
-            + core.markdown_table(evidence.coverage),
+            + markdown.frame_table(evidence.coverage),
             "coverage/coverage.md",
         )
     if evidence.cluster_coverage is not None:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from hal_core import markdown
 from hal_core.evaluation import (
     EPOCH_COLUMN,
     MODEL_COLUMN,
@@ -38,6 +38,8 @@ from hal_core.pairwise import PairwiseResult
 from hal_core.paper import is_paper_weights, load_paper_weights
 from hal_core.questionnaire import Questionnaire
 from hal_core.settings import HalSettings
+from hal_core.trait_shifts import at_epochs, trait_label
+from tasks.reports import publish_markdown
 from tasks.retries import retry_unless_bad_input
 from tasks.scoring import MLFLOW_SCHEMES, load_reward
 from tasks.tracking import log_figure, log_file, log_metrics, log_params
@@ -51,17 +53,6 @@ COMPARE_METRICS = (
     "hl.gain",
 )
 """Metrics `hal compare` shows for each pipeline run (from the run or its stage runs)."""
-
-POLICY_ARTIFACT_PATH = "policy"
-POLICY_DESCRIPTION = (
-    "Policies aligned for human-likeness by hal (DPO + LoRA). Each version is one evaluated "
-    "checkpoint folder (a PEFT adapter, or a full checkpoint) logged by an `evaluate` run; "
-    "load the base model named by its `base_model` tag and apply the adapter "
-    "(`mlflow.artifacts.download_artifacts('models:/{name}@{alias}')`). `@{alias}` moves only "
-    "when the HL gain under the training judge is significant (one-sided paired p < "
-    "significance), the second judge's gain is not negative and no guard against reward hacking "
-    "fails; each version's `decision` and `decision.reasons` tags say why."
-)
 
 
 @task(
@@ -261,50 +252,6 @@ def log_examples(run_id: str, examples: Sequence[BeforeAfter]) -> list[str]:
     return ["examples/before_after.md", "examples/before_after.json"]
 
 
-def _tag_text(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else "null"
-    if value is None:
-        return "null"
-    return str(value)[:4900]
-
-
-@task(cache_policy=NO_CACHE)
-def register_policy(
-    run_id: str,
-    checkpoint: Path,
-    name: str,
-    alias: str,
-    decision: PromotionDecision,
-    tags: Mapping[str, object],
-    description: str,
-) -> str:
-    """Log the checkpoint folder to the run, register it as a version of ``name`` with tags and
-    the decision, and point ``alias`` at it when the decision promotes it."""
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint folder to register")
-    artifact_path = f"{POLICY_ARTIFACT_PATH}/{checkpoint.name}"
-    client = MlflowClient()
-    client.log_artifacts(run_id, str(checkpoint), artifact_path)
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    summary = POLICY_DESCRIPTION.format(name=name, alias=alias)
-    try:
-        client.create_registered_model(name, description=summary)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        client.update_registered_model(name, description=summary)
-    version_tags = {key: _tag_text(value) for key, value in tags.items()}
-    version_tags["decision"] = "promote" if decision.promote else "refuse"
-    version_tags["decision.reasons"] = _tag_text(" | ".join(decision.reasons))
-    version = client.create_model_version(
-        name, source, run_id=run_id, tags=version_tags, description=description
-    )
-    if decision.promote:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
-
-
 def _hl_by_epoch_figure(report: EvaluationReport):
     import matplotlib
 
@@ -321,6 +268,8 @@ def _hl_by_epoch_figure(report: EvaluationReport):
             capsize=3,
             label=model,
         )
+    # Epochs are checkpoints, not a continuous axis: one tick per evaluated epoch.
+    axis.set_xticks(sorted(int(e) for e in report.summary[EPOCH_COLUMN].unique()))
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"mean HL score ({report.confidence:.0%} CI)")
     axis.set_title("HL score by epoch")
@@ -329,59 +278,119 @@ def _hl_by_epoch_figure(report: EvaluationReport):
     return figure
 
 
-def _trait_shift_figure(report: EvaluationReport, questionnaire: Questionnaire):
+LABEL_WIDTH = 44
+"""Characters per line of a wrapped trait label on the plots."""
+
+
+def _trait_shift_figure(
+    report: EvaluationReport, questionnaire: Questionnaire, intervals: pd.DataFrame
+):
+    """A forest plot per model: each trait's mean paired shift at the reported epoch with its
+    CI, labelled by trait id and full statement (wrapped, never cut)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = sorted(report.best_epoch)
-    columns = min(3, len(models))
+    texts = questionnaire.texts()
+    labels = [trait_label(t, texts.get(t, ""), LABEL_WIDTH) for t in report.trait_ids]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    columns = min(2, len(models))
     rows = -(-len(models) // columns)
     figure, axes = plt.subplots(
         rows,
         columns,
-        figsize=(6 * columns, 0.35 * len(report.trait_ids) * rows + 1.5),
+        figsize=(8.5 * columns, (0.16 * lines + 0.1 * len(labels) + 1.0) * rows + 0.8),
         squeeze=False,
         sharex=True,
     )
-    texts = questionnaire.texts()
-    labels = [f"{t}: {texts.get(t, '')[:40]}" for t in report.trait_ids]
+    chosen = at_epochs(intervals, report.best_epoch)
+    positions = list(range(len(labels)))
     for axis, model in zip(axes.flat, models, strict=False):
         epoch = report.best_epoch[model]
-        part = (
-            report.shifts[
-                (report.shifts[MODEL_COLUMN] == model) & (report.shifts[EPOCH_COLUMN] == epoch)
-            ]
-            .set_index("trait_id")
-            .loc[report.trait_ids]
-        )
-        colors = ["tab:green" if s >= 0 else "tab:red" for s in part["shift"]]
-        axis.barh(labels, part["shift"], color=colors)
+        part = chosen[chosen[MODEL_COLUMN] == model].set_index("trait_id").reindex(report.trait_ids)
+        shift = part["shift"].to_numpy(float)
+        low = (part["shift"] - part["ci_low"]).fillna(0).to_numpy(float)
+        high = (part["ci_high"] - part["shift"]).fillna(0).to_numpy(float)
+        clear_up, clear_down = part["ci_low"] > 0, part["ci_high"] < 0
+        colors = [
+            "tab:green" if up else "tab:red" if down else "tab:gray"
+            for up, down in zip(clear_up, clear_down, strict=True)
+        ]
+        for y, x, left, right, color in zip(positions, shift, low, high, colors, strict=True):
+            axis.errorbar(x, y, xerr=[[left], [right]], fmt="o", color=color, capsize=3, ms=5)
         axis.axvline(0, color="black", linewidth=0.8)
-        axis.invert_yaxis()
-        axis.set_title(f"{model}: epoch {epoch:02d} vs {report.base_epoch:02d}", fontsize=9)
-        axis.tick_params(axis="y", labelsize=7)
+        axis.set_yticks(positions, labels, fontsize=7)
+        axis.set_ylim(len(labels) - 0.5, -0.5)
+        axis.grid(axis="x", alpha=0.3)
+        pairs = int(part["n_pairs"].max()) if part["n_pairs"].notna().any() else 0
+        axis.set_title(
+            f"{model}: epoch {epoch:02d} vs {report.base_epoch:02d} ({pairs} personas)",
+            fontsize=9,
+        )
     for axis in list(axes.flat)[len(models) :]:
         axis.set_visible(False)
-    figure.supxlabel("shift of mean Likert rating (best epoch minus base)")
+    figure.supxlabel(
+        f"shift of the mean Likert rating, epoch minus base, paired by persona "
+        f"({report.confidence:.0%} CI; green/red: the CI excludes 0)",
+        fontsize=9,
+    )
     figure.tight_layout()
     return figure
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_evaluation_plots(
-    run_id: str, report: EvaluationReport, questionnaire: Questionnaire
+    run_id: str, report: EvaluationReport, questionnaire: Questionnaire, intervals: pd.DataFrame
 ) -> list[str]:
-    """Log the HL-by-epoch and per-trait shift plots to the MLflow run."""
+    """Log the HL-by-epoch plot and the trait-shift forest plot to the MLflow run, and the
+    shifts with their CIs as ``evaluation/trait_shift_intervals.csv``."""
     paths = ["plots/hl_by_epoch.png", "plots/trait_shifts.png"]
     log_figure(run_id, _hl_by_epoch_figure(report), paths[0])
-    log_figure(run_id, _trait_shift_figure(report, questionnaire), paths[1])
+    log_figure(run_id, _trait_shift_figure(report, questionnaire, intervals), paths[1])
+    MlflowClient().log_text(
+        run_id, intervals.to_csv(index=False), "evaluation/trait_shift_intervals.csv"
+    )
     return paths
 
 
 def _number(value: float, spec: str) -> str:
     return format(value, spec) if value is not None and math.isfinite(value) else "n/a"
+
+
+TOP_SHIFTS = 6
+"""Traits per model in the summary's shift table (the plot shows them all)."""
+
+
+def _trait_shift_table(
+    report: EvaluationReport, intervals: pd.DataFrame, texts: Mapping[str, str]
+) -> list[str]:
+    """The largest shifts of each model at its reported epoch, with their CIs."""
+    title = (
+        f"## Largest trait shifts at the reported epoch ({report.confidence:.0%} CI, "
+        "paired by persona)"
+    )
+    rows = []
+    chosen = at_epochs(intervals, report.best_epoch)
+    for model, part in chosen.groupby(MODEL_COLUMN, sort=True):
+        top = part.reindex(part["shift"].abs().sort_values(ascending=False).index).head(TOP_SHIFTS)
+        rows += [
+            [
+                model,
+                f"{int(row.epoch):02d}",
+                row.trait_id,
+                texts.get(row.trait_id, ""),
+                _number(row.shift, "+.2f"),
+                f"[{_number(row.ci_low, '+.2f')}, {_number(row.ci_high, '+.2f')}]",
+                int(row.n_pairs),
+            ]
+            for row in top.itertuples(index=False)
+        ]
+    if not rows:
+        return [title, "", "No trained epoch is reported: nothing to compare with the base."]
+    header = ["model", "epoch", "trait", "statement", "shift", "CI", "personas"]
+    return [title, "", *markdown.table(header, rows)]
 
 
 def _markdown_summary(
@@ -397,15 +406,21 @@ def _markdown_summary(
     decision: PromotionDecision | None = None,
     registered: str | None = None,
     notes: Sequence[str] = (),
+    intervals: pd.DataFrame | None = None,
+    trait_texts: Mapping[str, str] | None = None,
 ) -> str:
+    """The evaluation summary as markdown: headings, and tables whose numbers are rounded."""
     lines = [
         "# HAL evaluation",
         "",
         f"MLflow run `{run_id}`; plots: {', '.join(f'`{p}`' for p in plots)}.",
+        "",
         f"Rating failures: {len(failures)}.",
-        *notes,
         "",
     ]
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    lines += ["## HL gain at the reported epoch", ""]
     header = "| model | epoch | HL gain | base mean | epoch mean | one-sided paired t (p) |"
     extra = (" paper-compatible gain | by-id gain |" if by_id else "") + (
         " second judge gain |" if second else ""
@@ -463,16 +478,8 @@ def _markdown_summary(
         verdict = "promote" if decision.promote else "refuse"
         lines += ["", f"## Decision: **{verdict}**" + (f" ({registered})" if registered else "")]
         lines += ["", *[f"- {reason}" for reason in decision.reasons]]
-    lines += ["", "Largest trait shifts at the reported epoch:", ""]
-    for model, epoch in sorted(report.best_epoch.items()):
-        part = report.shifts[
-            (report.shifts[MODEL_COLUMN] == model) & (report.shifts[EPOCH_COLUMN] == epoch)
-        ]
-        top = part.reindex(part["shift"].abs().sort_values(ascending=False).index).head(4)
-        shifts = ", ".join(
-            f"{t} {s:+.2f}" for t, s in zip(top["trait_id"], top["shift"], strict=True)
-        )
-        lines.append(f"- {model}: {shifts}")
+    if intervals is not None:
+        lines += ["", *_trait_shift_table(report, intervals, trait_texts or {})]
     return "\n".join(lines) + "\n"
 
 
@@ -490,26 +497,34 @@ def publish_evaluation(
     decision: PromotionDecision | None = None,
     registered: str | None = None,
     notes: Sequence[str] = (),
+    intervals: pd.DataFrame | None = None,
+    trait_texts: Mapping[str, str] | None = None,
 ) -> None:
-    """Show the evaluation summary (gains, tests, the paper-compatible and by-id scores, the
-    second judge, guards and the promotion decision) and the per-epoch table as Prefect
-    artifacts."""
-    create_markdown_artifact(
-        _markdown_summary(
-            report,
-            run_id,
-            plots,
-            failures,
-            by_id=by_id,
-            explanation=explanation,
-            second=second,
-            guards=guards,
-            decision=decision,
-            registered=registered,
-            notes=notes,
-        ),
-        key="evaluation-summary",
-        description="HL gain, paired t-tests, second judge, guards, promotion and trait shifts.",
+    """Publish the evaluation summary (gains, tests, the paper-compatible and by-id scores, the
+    second judge, guards, the promotion decision and the trait shifts with CIs) as
+    ``evaluation/summary.md`` and a Prefect markdown artifact, and the per-epoch table as a
+    Prefect table artifact."""
+    summary = _markdown_summary(
+        report,
+        run_id,
+        plots,
+        failures,
+        by_id=by_id,
+        explanation=explanation,
+        second=second,
+        guards=guards,
+        decision=decision,
+        registered=registered,
+        notes=notes,
+        intervals=intervals,
+        trait_texts=trait_texts,
+    )
+    publish_markdown.fn(
+        run_id,
+        summary,
+        "evaluation/summary.md",
+        "evaluation-summary",
+        "HL gain, paired t-tests, second judge, guards, promotion and trait shifts.",
     )
     table = report.summary.round(6).astype(object).where(report.summary.notna(), None)
     create_table_artifact(

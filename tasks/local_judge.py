@@ -233,7 +233,10 @@ def log_local_judge(
             "domains": ",".join(judge.training.get("domains", {})),
         },
     )
-    tracking.log_metrics(run_id, report.metrics)
+    # per-trait figures are in tables/per_trait.csv: one chart each would bury the headline ones
+    trait_ids = set(report.per_trait["trait_id"])
+    charted = {k: v for k, v in report.metrics.items() if k.rsplit(".", 1)[-1] not in trait_ids}
+    tracking.log_metrics(run_id, charted)
     unparseable = training.frame.reset_index(drop=True)[~matrix.ok].assign(
         error=[e for e in matrix.errors if e is not None]
     )

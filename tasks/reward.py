@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hal_core import reward as reward_core
@@ -32,11 +33,12 @@ from hal_core.reward_comparison import (
     GradientBoostedTraits,
     compare_candidates,
 )
+from hal_core.reward_curves import HeldOutCurves
 from hal_core.reward_inputs import RatingsSource, rated_witnesses
 from hal_core.reward_promotion import RewardPromotion, decide_reward_promotion
 from hal_core.settings import HalSettings
 from hal_core.shape_reward import ShapeConfig, ShapeRewardRegression
-from hal_core.stability import StabilityConfig, stability_table
+from hal_core.stability import StabilityConfig, reward_weight_intervals, stability_table
 from hal_core.tables import file_sha256, read_table, witness_ratings, write_table
 from hal_core.trait_matching import (
     TraitMatching,
@@ -44,9 +46,11 @@ from hal_core.trait_matching import (
     match_traits,
     matched_witnesses,
 )
+from hal_core.trait_shifts import trait_label
 from tasks import tracking
-from tasks.registry import CHALLENGER_ALIAS, log_reward_model
+from tasks.registry import CHALLENGER_ALIAS, alias_holder, log_reward_model, run_version
 from tasks.retries import retry_unless_bad_input
+from tasks.scoring import load_reward
 from tasks.validation import Policy, validate_dataset
 
 COMPARISON_ARTIFACT = "reward_comparison"
@@ -149,6 +153,24 @@ def fit_reward_model(
     # which questionnaire the ids belong to: a derived one numbers its traits t01.. too
     source = {"questionnaire": questionnaire.name, "questionnaire_version": questionnaire.version}
     return dataclasses.replace(fit, reward=dataclasses.replace(fit.reward, metadata=source))
+
+
+@task(name="bootstrap_reward_weights", cache_policy=NO_CACHE)
+def bootstrap_reward_weights(
+    witnesses: pd.DataFrame,
+    fit: reward_core.RewardFit,
+    reward_config: reward_core.RewardConfig,
+    stability_config: StabilityConfig,
+) -> pd.DataFrame:
+    """95% intervals of the reward's weights over game-level bootstraps (stability's draws)."""
+    return reward_weight_intervals(
+        witnesses,
+        list(fit.full_weights),
+        fit.selected_trait_ids,
+        stability_config.n_bootstraps,
+        stability_config.seed,
+        reward_config.C,
+    )
 
 
 @task(name="fit_shape_reward", cache_policy=NO_CACHE)
@@ -273,17 +295,89 @@ def headline_metrics(
 # ------------------------------------------------------------------------------- logging
 
 
-def _weights_figure(fit: reward_core.RewardFit, questionnaire: Questionnaire):
+LABEL_WIDTH = 52
+"""Characters per line of a trait's label on a plot (wrapped at spaces, never mid-word)."""
+
+
+def _trait_labels(trait_ids: list[str], texts: dict[str, str]) -> list[str]:
+    return [trait_label(t, texts.get(t, ""), LABEL_WIDTH) for t in trait_ids]
+
+
+def _row_height(labels: list[str], per_line: float = 0.17) -> float:
+    """Inches per plot row, enough for the longest wrapped label."""
+    return per_line * max(label.count("\n") + 1 for label in labels) + 0.08
+
+
+def _weights_figure(
+    fit: reward_core.RewardFit,
+    intervals: pd.DataFrame,
+    questionnaire: Questionnaire,
+    threshold: float,
+):
+    """Every trait's weight in the all-trait fit, and the reward's refit weight of each
+    selected trait, with their bootstrap intervals; full labels, one row per trait."""
     trait_ids = list(fit.full_weights)
-    weights = np.array([fit.full_weights[t] for t in trait_ids])
-    labels = [f"{t}  {questionnaire.trait(t).text[:70]}" for t in trait_ids]
-    colors = ["tab:blue" if t in fit.selected_trait_ids else "lightgray" for t in trait_ids]
-    figure, axis = plt.subplots(figsize=(10, 0.3 * len(trait_ids) + 1.5))
-    axis.barh(labels, weights, color=colors)
-    axis.invert_yaxis()
+    labels = _trait_labels(trait_ids, questionnaire.texts())
+    rows = np.arange(len(trait_ids))
+    figure, axis = plt.subplots(figsize=(11, _row_height(labels) * len(trait_ids) + 1.6))
+    full = intervals.loc[trait_ids]
+    selected = np.array([t in fit.reward.weights for t in trait_ids])
+
+    def draw(frame: pd.DataFrame, prefix: str, y: np.ndarray, marker: str, color: str, name: str):
+        # drawn from its ends: a percentile interval of few bootstraps may miss the estimate
+        axis.hlines(y, frame[f"{prefix}_ci_low"], frame[f"{prefix}_ci_high"], color=color)
+        axis.plot(frame[f"{prefix}_weight"], y, marker, color=color, markersize=4, label=name)
+
+    draw(full[~selected], "full", rows[~selected] - 0.15, "o", "darkgray",
+         "all-trait fit, not selected")  # fmt: skip
+    draw(full[selected], "full", rows[selected] - 0.15, "o", "tab:blue", "all-trait fit, selected")
+    draw(full[selected], "selected", rows[selected] + 0.15, "D", "tab:orange",
+         "reward (refit on the selected traits)")  # fmt: skip
     axis.axvline(0, color="black", linewidth=0.8)
-    axis.set_xlabel("weight (all-trait L1 model); blue = selected")
+    for side in (-threshold, threshold):
+        axis.axvline(side, color="gray", linewidth=0.8, linestyle="--")
+    axis.set_yticks(rows, labels, fontsize=8)
+    axis.set_ylim(len(trait_ids) - 0.5, -0.5)
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_xlabel(
+        f"weight per rating point, 95% bootstrap interval over games; dashed: |w| = {threshold:g}"
+    )
     axis.set_title("HL reward: trait weights")
+    axis.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def _roc_figure(curves: HeldOutCurves, title: str):
+    figure, axis = plt.subplots(figsize=(5, 5))
+    roc = curves.roc
+    axis.plot(roc.false_positive_rate, roc.true_positive_rate, label=f"AUC {curves.auc:.3f}")
+    axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=0.8, label="chance")
+    axis.set_xlabel("false positive rate (AI scored as human)")
+    axis.set_ylabel("true positive rate (humans scored as human)")
+    axis.set_aspect("equal")
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    return figure
+
+
+def _calibration_figure(curves: HeldOutCurves, title: str):
+    """Reliability diagram over the witnesses per probability bin."""
+    figure, (axis, counts) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    table = curves.calibration
+    filled = table[table.n > 0]
+    axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=0.8, label="calibrated")
+    axis.plot(filled.mean_predicted, filled.fraction_human, "o-", label="reward")
+    axis.set_ylabel("share of humans among the bin's witnesses")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title(f"{title}\nBrier {curves.brier:.3f}, ECE {curves.ece:.3f}")
+    axis.legend(loc="upper left")
+    counts.bar(table.bin_low, table.n, width=table.bin_high - table.bin_low, align="edge",
+               color="lightgray", edgecolor="gray")  # fmt: skip
+    counts.set_xlabel("predicted probability of human, sigmoid(HL)")
+    counts.set_ylabel("witnesses")
     return figure
 
 
@@ -313,8 +407,10 @@ def log_reward_fit(
     questionnaire: Questionnaire,
     witnesses: pd.DataFrame,
     config: reward_core.RewardConfig,
+    intervals: pd.DataFrame,
 ) -> None:
-    """Log params, every trait weight, metrics, plots and the scored witnesses."""
+    """Log params, the headline metrics and the reward's weights; every trait's weights with
+    intervals, the per-seed accuracies and the held-out curves go to tables and plots."""
     tracking.log_params(
         run_id,
         {
@@ -330,16 +426,29 @@ def log_reward_fit(
             "reward.linear.version": fit.reward.version,
         },
     )
+    # Metrics are what a chart across runs is for: the headline figures and the reward's own
+    # weights. Everything per trait, per seed or per bin goes to tables/ (one chart per
+    # metric key made the MLflow UI unreadable).
     metrics = dict(fit.metrics())
-    metrics.update({f"weight.full.{t}": w for t, w in fit.full_weights.items()})
     metrics.update({f"weight.selected.{t}": w for t, w in fit.reward.weights.items()})
-    metrics["bias.full"] = fit.full_bias
     metrics["bias.selected"] = fit.reward.bias
     tracking.log_metrics(run_id, metrics)
-    for step, accuracy in enumerate(fit.paper_cv_accuracies):
-        tracking.log_metrics(run_id, {"cv.accuracy.per_seed": accuracy}, step=step)
     is_human = witnesses["is_human"].to_numpy()
-    tracking.log_figure(run_id, _weights_figure(fit, questionnaire), "plots/trait_weights.png")
+    tracking.log_figure(
+        run_id,
+        _weights_figure(fit, intervals, questionnaire, config.selection_threshold),
+        "plots/trait_weights.png",
+    )
+    tracking.log_figure(
+        run_id,
+        _roc_figure(fit.grouped_curves, "ROC, game-grouped out of fold"),
+        "plots/roc_grouped_cv.png",
+    )
+    tracking.log_figure(
+        run_id,
+        _calibration_figure(fit.grouped_curves, "Calibration, game-grouped out of fold"),
+        "plots/calibration_grouped_cv.png",
+    )
     tracking.log_figure(
         run_id,
         _score_histogram(fit.train_scores, is_human, "HL score, fitted on all games"),
@@ -357,11 +466,45 @@ def log_reward_fit(
     weights = pd.DataFrame(
         {"trait_id": list(fit.full_weights), "weight_full": list(fit.full_weights.values())}
     ).assign(
+        weight_full_ci_low=lambda f: f.trait_id.map(intervals.full_ci_low),
+        weight_full_ci_high=lambda f: f.trait_id.map(intervals.full_ci_high),
+        selected=lambda f: f.trait_id.isin(fit.selected_trait_ids),
         weight_selected=lambda f: f.trait_id.map(fit.reward.weights),
+        weight_selected_ci_low=lambda f: f.trait_id.map(intervals.selected_ci_low),
+        weight_selected_ci_high=lambda f: f.trait_id.map(intervals.selected_ci_high),
         contribution_range=lambda f: f.trait_id.map(ranges),
         text=lambda f: f.trait_id.map(questionnaire.texts()),
     )
-    _log_tables(run_id, {"witness_scores.csv": scored, "trait_weights.csv": weights}, "tables")
+    per_seed = pd.DataFrame(
+        {
+            "repeat": range(len(fit.paper_cv_accuracies)),
+            "seed": list(config.paper_cv_seeds),
+            "accuracy": fit.paper_cv_accuracies,
+        }
+    )
+    curves = fit.grouped_curves
+    _log_tables(
+        run_id,
+        {
+            "witness_scores.csv": scored,
+            "trait_weights.csv": weights,
+            "cv_accuracy_per_seed.csv": per_seed,
+            "roc_grouped_cv.csv": curves.roc,
+            "calibration_grouped_cv.csv": curves.calibration,
+        },
+        "tables",
+    )
+    # the JSON twin carries the two biases, which are not rows of a per-trait table
+    tracking.log_json(
+        run_id,
+        {
+            "bias_full": fit.full_bias,
+            "bias_selected": fit.reward.bias,
+            "interval": "95% percentile over the game-level bootstraps of stability.*",
+            "traits": weights.astype(object).where(weights.notna(), None).to_dict("records"),
+        },
+        "tables/trait_weights.json",
+    )
 
 
 def _contribution_plots(
@@ -374,7 +517,7 @@ def _contribution_plots(
     low, high = float(shapes.to_numpy().min()), float(shapes.to_numpy().max())
     margin = 0.05 * (high - low or 1.0)
     figure, axis = plt.subplots(figsize=(5, 3.4))
-    figure.subplots_adjust(left=0.16, right=0.84, bottom=0.15, top=0.9)
+    figure.subplots_adjust(left=0.16, right=0.84, bottom=0.15, top=0.86)  # 2-line titles
     counts = axis.twinx()
     for trait_id in shapes.index:
         axis.clear()
@@ -398,7 +541,7 @@ def _contribution_plots(
         axis.set_xticks(levels)
         axis.set_xlabel("rating")
         axis.set_ylabel("contribution to HL")
-        axis.set_title(f"{trait_id}: {texts[trait_id][:60]}", fontsize=9)
+        axis.set_title(trait_label(trait_id, texts[trait_id], 64), fontsize=8)
         figure.savefig(folder / f"{trait_id}.png", dpi=80)
     plt.close(figure)
 
@@ -410,19 +553,11 @@ def log_shape_reward(
     questionnaire: Questionnaire,
     witnesses: pd.DataFrame,
 ) -> None:
-    """Every trait's shape as metrics, a table and one contribution plot per trait."""
+    """Every trait's shape as a table (its bias and C in the JSON twin) and one contribution
+    plot per trait; its accuracies are headline metrics (``shape.*``, see headline_metrics)."""
     reward = model.to_reward()
     shapes = model.shapes_
     ranges = reward.contribution_ranges()
-    metrics = {
-        f"contribution.{t}.{level}": float(shapes.at[t, level])
-        for t in shapes.index
-        for level in shapes.columns
-    }
-    metrics.update({f"contribution_range.{t}": r for t, r in ranges.items()})
-    metrics["shape.bias"] = reward.bias
-    metrics["shape.C"] = model.C_
-    tracking.log_metrics(run_id, metrics)
     tracking.log_params(run_id, {"reward.shape.version": reward.version})
     texts = questionnaire.texts()
     table = shapes.copy()
@@ -431,17 +566,26 @@ def log_shape_reward(
         contribution_range=table.index.map(ranges), text=table.index.map(texts)
     ).rename_axis("trait_id")
     _log_tables(run_id, {"trait_shapes.csv": table.reset_index()}, "tables")
+    tracking.log_json(
+        run_id,
+        {"bias": reward.bias, "C": model.C_, "traits": table.reset_index().to_dict("records")},
+        "tables/trait_shapes.json",
+    )
     with tempfile.TemporaryDirectory() as directory:
         _contribution_plots(shapes, texts, witnesses, Path(directory))
         tracking.log_file(run_id, directory, "plots/contributions")
 
 
 def _heatmap(table: pd.DataFrame, threshold: float, stable: list[str], texts: dict[str, str]):
-    figure, axis = plt.subplots(figsize=(1.6 * table.shape[1] + 5, 0.28 * len(table) + 1.5))
+    labels = [
+        f"{label} *" if t in stable else label
+        for t, label in zip(table.index, _trait_labels(list(table.index), texts), strict=True)
+    ]
+    height = _row_height(labels, per_line=0.15) * len(table) + 1.5
+    figure, axis = plt.subplots(figsize=(1.6 * table.shape[1] + 6, height))
     image = axis.imshow(table.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1)
     axis.set_xticks(range(table.shape[1]), table.columns)
-    labels = [f"{texts.get(t, '')[:45]}  {t}{' *' if t in stable else ''}" for t in table.index]
-    axis.set_yticks(range(len(table)), labels)
+    axis.set_yticks(range(len(table)), labels, fontsize=7)
     for (row, column), value in np.ndenumerate(table.to_numpy()):
         axis.text(
             column,
@@ -476,13 +620,8 @@ def log_stability(
             "stable_trait_ids": " ".join(stable),
         },
     )
-    metrics = {
-        f"selection_probability.{judge}.{trait_id}": float(value)
-        for judge in table.columns
-        for trait_id, value in table[judge].items()
-    }
-    metrics["stability.n_stable"] = float(len(stable))
-    tracking.log_metrics(run_id, metrics)
+    # one probability per trait and judge is a table, not 64 charts
+    tracking.log_metrics(run_id, {"stability.n_stable": float(len(stable))})
     texts = questionnaire.texts()
     frame = table.reset_index().assign(
         stable=lambda f: f.trait_id.isin(stable), text=lambda f: f.trait_id.map(texts)
@@ -516,20 +655,12 @@ def log_matching(run_id: str, matching: TraitMatching) -> None:
     _log_tables(run_id, {"trait_matching.csv": matching.table}, "tables")
 
 
-def comparison_metric_key(row: pd.Series, column: str) -> str:
-    return f"compare.{row.judge}.{row.model}.{row.trait_set}.{column}"
-
-
 @task(name="log_reward_comparison", cache_policy=NO_CACHE)
 def log_reward_comparison(run_id: str, table: pd.DataFrame) -> None:
-    """``reward_comparison.csv`` + ``.json`` and one metric per cell of accuracy."""
+    """``reward_comparison.csv`` + ``.json`` (what `hal compare --reward-run` prints); the
+    fitted judge's glass-box and black-box accuracies are headline metrics of the run."""
     _log_tables(run_id, {f"{COMPARISON_ARTIFACT}.csv": table}, None)
     tracking.log_json(run_id, table.to_dict(orient="records"), f"{COMPARISON_ARTIFACT}.json")
-    metrics = {}
-    for _, row in table.iterrows():
-        for column in ("cv_grouped_accuracy", "paired_accuracy"):
-            metrics[comparison_metric_key(row, column)] = float(row[column])
-    tracking.log_metrics(run_id, metrics)
 
 
 def latest_reward_comparison_run(experiments: list[str], scan: int = 50) -> Run | None:
@@ -541,7 +672,7 @@ def latest_reward_comparison_run(experiments: list[str], scan: int = 50) -> Run 
         return None
     runs = client.search_runs(
         ids,
-        filter_string="attributes.run_name = 'fit_reward' AND attributes.status = 'FINISHED'",
+        filter_string="tags.`hal.stage` = 'fit_reward' AND attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=scan,
     )
@@ -577,12 +708,55 @@ def save_reward(
     return reward_path
 
 
+@task(
+    name="check_reward",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def check_reward(
+    reward: reward_core.HLReward,
+    name: str,
+    alias: str,
+    check_path: Path,
+    reference: Questionnaire,
+    settings: HalSettings,
+) -> RewardPromotion:
+    """Score ``reward`` and the holder of ``name@alias`` on the check set, and decide whether
+    the reward takes the alias (reads only: the registry is left as it was)."""
+    champion_version = alias_holder(name, alias)
+    champion = (
+        load_reward.fn(f"models:/{name}/{champion_version}", settings)
+        if champion_version is not None
+        else None
+    )
+    witnesses = witness_ratings(read_table(check_path), reference)
+    return decide_reward_promotion(
+        reward,
+        champion,
+        witnesses,
+        check_set=check_path.name,
+        check_version=file_sha256(check_path)[:12],
+        champion_version=champion_version,
+    )
+
+
 @task(name="register_reward", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def register_reward(run_id: str, reward: reward_core.HLReward, reward_path: Path, name: str) -> str:
-    """Log the reward as a pyfunc model in the run and register it as ``name@challenger``."""
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        version = log_reward_model(reward, str(reward_path), name, CHALLENGER_ALIAS)
-    MlflowClient().update_model_version(
+    """Log the reward as a pyfunc model in the run and register it as ``name@challenger``.
+
+    A retry after a partial success reuses the version this run already registered: one run,
+    one version."""
+    version = run_version(name, run_id)
+    if version is None:
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            version = log_reward_model(reward, str(reward_path), name, None)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "reward_version", reward.version)
+    client.set_model_version_tag(name, version, "reward_kind", reward.kind)
+    client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
+    client.update_model_version(
         name,
         version,
         description=f"{reward.kind} HL reward over {len(reward.trait_ids)} traits "
@@ -591,50 +765,26 @@ def register_reward(run_id: str, reward: reward_core.HLReward, reward_path: Path
     return version
 
 
-@task(name="promote_reward", cache_policy=NO_CACHE)
+@task(name="promote_reward", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def promote_reward(
-    run_id: str,
-    reward: reward_core.HLReward,
-    name: str,
-    version: str,
-    alias: str,
-    check_path: Path,
-    reference: Questionnaire,
-    settings: HalSettings,
-) -> RewardPromotion:
-    """Move ``name@alias`` to ``version`` only when it is at least as good as the current
-    holder on the check set; the decision goes to an MLflow tag and a Prefect artifact."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.scoring import load_reward
-
+    run_id: str, name: str, version: str, alias: str, decision: RewardPromotion
+) -> str:
+    """Move ``name@alias`` to ``version`` when the check promoted it, and record the decision
+    (version tag, run tag, ``promotion.json``, a Prefect artifact); returns the verdict."""
     client = MlflowClient()
-    champion, champion_version = None, None
-    try:
-        held = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        held = None
-    if held is not None and held.version != version:
-        champion_version = held.version
-        champion = load_reward(f"models:/{name}/{held.version}", settings)
-    witnesses = witness_ratings(read_table(check_path), reference)
-    decision = decide_reward_promotion(
-        reward,
-        champion,
-        witnesses,
-        check_set=check_path.name,
-        check_version=file_sha256(check_path)[:12],
-        champion_version=champion_version,
-    )
     if decision.promote:
         client.set_registered_model_alias(name, alias, version)
-    verdict = f"promoted to @{alias}" if decision.promote else f"kept v{champion_version}"
+        verdict = f"promoted to @{alias}"
+    else:
+        verdict = f"kept v{decision.champion_version} as @{alias}"
     client.set_model_version_tag(name, version, "promotion", f"{verdict}: {decision.reason}")
-    mlflow.MlflowClient().set_tag(run_id, "hal.promotion", f"{name} v{version} {verdict}")
-    tracking.log_json(run_id, decision.model_dump(mode="json"), "promotion.json")
+    client.set_tag(run_id, "hal.promotion", f"{name} v{version} {verdict}")
+    tracking.log_json(
+        run_id, {"version": version, **decision.model_dump(mode="json")}, "promotion.json"
+    )
     create_markdown_artifact(
         key="reward-promotion",
         markdown=f"**{name} v{version}**: {verdict}\n\n{decision.reason}",
         description=f"{name} v{version}: {verdict}",
     )
-    return decision
+    return verdict

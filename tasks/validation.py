@@ -1,4 +1,8 @@
-"""Validate a table against its data contract with Great Expectations; fail or quarantine."""
+"""Validate a table against its data contract with Great Expectations; fail or quarantine.
+
+Each check leaves its evidence beside the GX result JSON: a one-file HTML page that opens
+offline (in MLflow's artifact viewer too) and a markdown table of every expectation.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +22,12 @@ from prefect.cache_policies import NO_CACHE
 
 from hal_core.settings import HalSettings
 from hal_core.tables import ROW_COLUMN, write_table
+from hal_core.validation_report import (
+    ExpectationOutcome,
+    expectation_outcomes,
+    expectations_markdown,
+    validation_html,
+)
 from tasks import tracking
 from tasks.contracts import DataContract, get_contract
 
@@ -76,7 +87,8 @@ class RuleFailure:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """What a contract check found and where its evidence lies."""
+    """What a contract check found and where its evidence lies: the GX result JSON, its HTML
+    page (``docs_path``) and its markdown table of expectations (``table_path``)."""
 
     contract: str
     source: str
@@ -85,6 +97,8 @@ class ValidationReport:
     failures: list[RuleFailure]
     result_path: Path
     docs_path: Path
+    table_path: Path
+    outcomes: list[ExpectationOutcome]
     quarantine_path: Path | None
     error: str | None
 
@@ -160,7 +174,6 @@ def _run_checkpoint(frame: pd.DataFrame, contract: DataContract, project_root: P
         gx.Checkpoint(
             name=contract.name,
             validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={
                 "result_format": "COMPLETE",
                 "unexpected_index_column_names": [ROW_COLUMN, contract.id_column],
@@ -185,17 +198,36 @@ def _check_key(frame: pd.DataFrame, contract: DataContract) -> str:
     return digest.hexdigest()
 
 
+REPORT_JSON, REPORT_HTML, REPORT_MARKDOWN = (
+    f"validation_result.{suffix}" for suffix in ("json", "html", "md")
+)
+
+
+def _write_evidence(
+    result: dict, output_dir: Path, table: str, facts: dict[str, str]
+) -> list[ExpectationOutcome]:
+    """The HTML page and markdown table of a result, beside its JSON."""
+    outcomes = expectation_outcomes(result, table)
+    title = f"Data contract {facts['contract']}: {table}"
+    (output_dir / REPORT_HTML).write_text(validation_html(outcomes, title, facts))
+    (output_dir / REPORT_MARKDOWN).write_text(expectations_markdown(outcomes, title))
+    return outcomes
+
+
 def check_contract(
     frame: pd.DataFrame,
     contract_name: str,
     policy: Policy,
     output_dir: Path,
     min_rows: int | None = None,
+    table: str | None = None,
 ) -> ValidationReport:
-    """Validate ``frame``; write the result JSON, Data Docs and, in quarantine, failing rows.
+    """Validate ``frame``; write the result JSON, its HTML page and markdown table and, in
+    quarantine, the failing rows.
 
     ``min_rows`` overrides the contract's (0: an empty table may pass, e.g. an output whose
-    caller reports emptiness itself).
+    caller reports emptiness itself). ``table`` names the table in the reports (default: the
+    source file's name).
 
     Row-level failures are quarantined under ``quarantine``; under ``fail`` (or for table-level
     failures, which no row can be blamed for) nothing passes and ``report.error`` says why.
@@ -204,48 +236,61 @@ def check_contract(
     if min_rows is not None:
         contract = replace(contract, min_rows=min_rows)
     source = frame.attrs.get("source", "<table>")
+    table = table or Path(str(source)).name
     missing = [c for c in (ROW_COLUMN, contract.id_column) if c not in frame]
     if missing:
         raise DataContractError(f"{source}: contract {contract.name}: missing columns {missing}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    docs_path = output_dir / "data_docs"
-    result_path = output_dir / "validation_result.json"
+    result_path, docs_path, table_path = (
+        output_dir / name for name in (REPORT_JSON, REPORT_HTML, REPORT_MARKDOWN)
+    )
     derived = contract.derive(frame)
     passed_marker, key = output_dir / PASSED_MARKER, _check_key(derived, contract)
-    if passed_marker.is_file() and passed_marker.read_text() == key and result_path.is_file():
+    passed = ValidationReport(
+        contract=contract.name,
+        source=source,
+        valid=frame,
+        quarantined=frame.iloc[0:0],
+        failures=[],
+        result_path=result_path,
+        docs_path=docs_path,
+        table_path=table_path,
+        outcomes=[],
+        quarantine_path=None,
+        error=None,
+    )
+    evidence = (passed_marker, result_path, docs_path, table_path)
+    if all(path.is_file() for path in evidence) and passed_marker.read_text() == key:
         # the same rows passed the same contract before: its evidence still stands
-        return ValidationReport(
-            contract.name, source, frame, frame.iloc[0:0], [], result_path, docs_path, None, None
-        )
+        cached = json.loads(result_path.read_text())
+        return replace(passed, outcomes=expectation_outcomes(cached, table))
     passed_marker.unlink(missing_ok=True)
+    shutil.rmtree(output_dir / "data_docs", ignore_errors=True)  # GX's site, before this page
     with tempfile.TemporaryDirectory() as scratch:
-        result = _run_checkpoint(derived, contract, Path(scratch))
-        shutil.rmtree(docs_path, ignore_errors=True)
-        shutil.copytree(Path(scratch, "gx", "uncommitted", "data_docs", "local_site"), docs_path)
-    result_path.write_text(json.dumps(result.describe_dict(), indent=2, default=str))
-    failures = _failures(result, contract)
+        checkpoint_result = _run_checkpoint(derived, contract, Path(scratch))
+    result = checkpoint_result.describe_dict()
+    result_path.write_text(json.dumps(result, indent=2, default=str))
+    facts = {
+        "contract": contract.name,
+        "source": str(source),
+        "rows": str(len(frame)),
+        "rows and contract sha256": key,
+        "great_expectations": version("great_expectations"),
+    }
+    passed = replace(passed, outcomes=_write_evidence(result, output_dir, table, facts))
+    failures = _failures(checkpoint_result, contract)
     stale_quarantine = output_dir / "quarantine.csv"
     stale_quarantine.unlink(missing_ok=True)
     if not failures:
         passed_marker.write_text(key)
-        return ValidationReport(
-            contract.name, source, frame, frame.iloc[0:0], [], result_path, docs_path, None, None
-        )
+        return passed
 
     error = f"{source}: data contract {contract.name} failed:\n" + "\n".join(
         f"  - {failure.describe()}" for failure in failures
     )
     if policy == "fail" or any(failure.table_level for failure in failures):
-        return ValidationReport(
-            contract.name,
-            source,
-            frame.iloc[0:0],
-            frame,
-            failures,
-            result_path,
-            docs_path,
-            None,
-            error,
+        return replace(
+            passed, valid=frame.iloc[0:0], quarantined=frame, failures=failures, error=error
         )
     failed_rules = quarantine_rules(frame, failures)
     is_failed = frame[ROW_COLUMN].isin(failed_rules)
@@ -260,16 +305,13 @@ def check_contract(
             f"{error}\n  quarantine left {len(valid)} of {len(frame)} rows valid; the contract "
             f"needs at least {contract.min_rows}"
         )
-    return ValidationReport(
-        contract.name,
-        source,
-        valid,
-        quarantined,
-        failures,
-        result_path,
-        docs_path,
-        stale_quarantine,
-        too_few,
+    return replace(
+        passed,
+        valid=valid,
+        quarantined=quarantined,
+        failures=failures,
+        quarantine_path=stale_quarantine,
+        error=too_few,
     )
 
 
@@ -331,11 +373,11 @@ def validate_dataset(
     (``min_rows``: see :func:`check_contract`)."""
     name = dataset_name(frame.attrs.get("source"), contract_name, settings)
     output_dir = settings.home_dir / "validation" / name
-    report = check_contract(frame, contract_name, policy, output_dir, min_rows)
+    report = check_contract(frame, contract_name, policy, output_dir, min_rows, table=name)
     if run_id:
         prefix = f"validation/{name}"
-        tracking.log_file(run_id, report.result_path, prefix)
-        tracking.log_file(run_id, report.docs_path, f"{prefix}/data_docs")
+        for path in (report.result_path, report.docs_path, report.table_path):
+            tracking.log_file(run_id, path, prefix)
         if report.quarantine_path is not None:
             tracking.log_file(run_id, report.quarantine_path, prefix)
         tracking.log_metrics(

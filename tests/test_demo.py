@@ -79,15 +79,19 @@ def test_make_demo_runs_the_loop_end_to_end(tmp_path: Path, data_dir: Path) -> N
     assert metrics["stages.cached"] == 0
     assert metrics["pairs.n_pairs"] >= 1 and math.isfinite(metrics["dpo.rewards.margins"])
     assert math.isfinite(metrics["hl.gain"]) and metrics["guards.passed"] in (0.0, 1.0)
-    children = {
-        run.info.run_name: run
+    runs = [
+        run
         for experiment in client.search_experiments()
         for run in client.search_runs(
             [experiment.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{pipeline.info.run_id}'",
         )
-    }
-    assert set(children) >= STAGE_RUNS
+    ]
+    children = {run.info.run_name: run for run in runs}
+    assert len(children) == len(runs), "two stage runs share a name"
+    assert {run.data.tags["hal.stage"] for run in runs} >= STAGE_RUNS
+    assert {"fit_reward:hal32q", "fit_reward:loop", "train_local_judge:doctor_visits",
+            "generate:train", "generate:test:e0", "generate:test:e1"} <= set(children)  # fmt: skip
     assert all(run.info.status == "FINISHED" for run in children.values())
 
     # the policy it trained: HL per epoch, generated dialogues, examples, a registered version

@@ -25,6 +25,9 @@ def _table(shape_accuracy: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
+NAME, STAGE = "fit_reward:hal32q", {"hal.stage": "fit_reward"}  # found by stage, not name
+
+
 @pytest.fixture()
 def reward_runs(settings: HalSettings) -> dict[str, str]:
     """Three fit_reward runs, oldest first: one with the table, one without (it ran before the
@@ -32,13 +35,13 @@ def reward_runs(settings: HalSettings) -> dict[str, str]:
     configure_tracking(settings)
     experiment = ensure_experiment(EXPERIMENT, settings)
     ids = {}
-    with mlflow.start_run(run_name="fit_reward", experiment_id=experiment) as run:
+    with mlflow.start_run(run_name=NAME, experiment_id=experiment, tags=STAGE) as run:
         log_reward_comparison.fn(run.info.run_id, _table(0.8151))
         ids["with_table"] = run.info.run_id
-    with mlflow.start_run(run_name="fit_reward", experiment_id=experiment) as run:
+    with mlflow.start_run(run_name=NAME, experiment_id=experiment, tags=STAGE) as run:
         mlflow.log_metric("cv.accuracy.mean", 0.7747)
         ids["without_table"] = run.info.run_id
-    with mlflow.start_run(run_name="fit_reward", experiment_id=experiment) as run:
+    with mlflow.start_run(run_name=NAME, experiment_id=experiment, tags=STAGE) as run:
         log_reward_comparison.fn(run.info.run_id, _table(0.5))
         ids["failed"] = run.info.run_id
     MlflowClient().set_terminated(ids["failed"], status="FAILED")
@@ -69,7 +72,7 @@ def test_compare_shows_a_named_run_and_refuses_one_without_a_table(reward_runs) 
     assert f"fit_reward run {reward_runs['failed']}" in named.output and "0.5000" in named.output
     missing = CliRunner().invoke(app, ["compare", "--reward-run", reward_runs["without_table"]])
     assert missing.exit_code != 0
-    assert f"{reward_runs['without_table']} (fit_reward) logged no reward_comparison.json" in (
+    assert f"{reward_runs['without_table']} ({NAME}) logged no reward_comparison.json" in (
         missing.output
     )
     unknown = CliRunner().invoke(app, ["compare", "--reward-run", "no-such-run"])

@@ -11,6 +11,7 @@ another version and leaves ``@champion`` where it was, with every rating served 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,8 @@ def test_generated_dialogues_are_scored_tested_guarded_and_the_policy_promoted(
     assert champion.tags["base_model"] == "tiny-base" and champion.tags["checkpoint"] == "epoch-1"
     assert float(champion.tags["hl_gain"]) == pytest.approx(result.hl_gain["tiny-base"], rel=1e-5)
     assert champion.description and client.get_registered_model("hal-policy").description
+    # figures are rounded for people (no float repr's 17 digits)
+    assert not re.search(r"\d\.\d{6,}", champion.description), champion.description
     import mlflow
 
     mlflow.set_tracking_uri(settings.resolved_tracking_uri())
@@ -268,3 +271,42 @@ def test_a_reward_needing_traits_the_questionnaire_does_not_ask_fails_before_rat
     path = HLReward({"t01": 1.0, "t32": 2.0}, bias=0.0).save(tmp_path / "hal32q-reward.json")
     with pytest.raises(ValueError, match=r"hal32q-reward\.json: the reward needs traits \['t32'\]"):
         load_scoring("questionnaires/hal16q_published.json", str(path), settings)
+
+
+def test_empty_dialogues_stop_the_cli_saying_nothing_could_be_rated_and_why(
+    settings: HalSettings, data_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 24, row 4: every dialogue empty used to log ``rated 0, failed 4`` and end in a bare
+    ``KeyError: 'model'``. A recorded judge (it has no rating for an empty text) keeps it fast."""
+    import yaml
+    from click.testing import CliRunner
+
+    from hal_cli.commands import app
+    from tests.fakes.generated import generated_table
+
+    tables = []
+    for epoch in (0, 1):
+        path = tmp_path / f"empty-e{epoch}.csv"
+        generated_table(epoch, [("p0", ""), ("p1", "")]).to_csv(path, index=False)
+        tables.append(str(path))
+    source = data_dir / "aligned_outputs" / FOLDERS["first"] / "samples_epoch_00_scored_gpt-5.csv"
+    recorded = tmp_path / "recorded.csv"
+    pd.read_csv(source).head(3)[["dialogue", "likert_evaluation"]].to_csv(recorded, index=False)
+    recipe = tmp_path / "evaluate-empty.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "generated_files": tables,
+                "judge": {"backend": "recorded", "paths": [str(recorded)]},
+                "cache_file": str(tmp_path / "ratings.sqlite"),
+                "policy": {"register_as": None},
+            }
+        )
+    )
+    invoked = CliRunner().invoke(app, ["evaluate", "--recipe", str(recipe)])
+    assert invoked.exit_code != 0
+    message = invoked.output
+    assert "KeyError" not in message
+    assert f"{tables[0]}, {tables[1]}: nothing could be rated by the judge, 0 of 4" in message
+    assert "4 failed (missing): no recorded rating for this dialogue" in message
+    assert f"{tables[0]} rows [1, 2]; {tables[1]} rows [1, 2]" in message

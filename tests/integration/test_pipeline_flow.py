@@ -34,8 +34,19 @@ def test_second_run_with_nothing_changed_skips_every_stage(settings):
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'",
     )
-    assert sorted(run.info.run_name for run in children) == ["fit_reward", "validate_data"]
-    assert parent.data.metrics["cv.accuracy.mean"] == first.metrics["cv.accuracy.mean"]
+    names = {run.info.run_name: run.data.tags["hal.stage"] for run in children}
+    assert names == {"fit_reward:hal32q": "fit_reward", "validate_data": "validate_data"}
+    accuracy = first.metrics["cv.accuracy.mean"]
+    assert parent.data.metrics["cv.accuracy.mean"] == pytest.approx(accuracy, abs=1e-12)
+    [reward_run] = [run for run in children if run.info.run_name == "fit_reward:hal32q"]
+    description = reward_run.data.tags["mlflow.note.content"]
+    assert description.startswith("**fit_reward:hal32q**")
+    assert f"| `cv.accuracy.mean` | {accuracy:.4g} |" in description
+    flow_run_id = reward_run.data.tags["prefect.flow_run_id"]
+    assert f"/runs/flow-run/{flow_run_id})" in description
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "pipeline" in experiment.tags["mlflow.note.content"]
 
     second = hal_pipeline(PipelineParams(**SMALL))
     assert sorted(second.cached) == sorted(first.stages)

@@ -125,3 +125,69 @@ def test_a_killed_command_leaves_no_server_and_its_run_is_closed_next_time(
     with tracking.stage_run("next", settings.experiment_rating, settings):
         pass
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
+
+
+def test_a_stage_run_is_named_for_its_role_and_describes_itself(settings: HalSettings):
+    @flow(name="fit_reward")
+    def described() -> tuple[str, str]:
+        from prefect.runtime import flow_run
+
+        with tracking.stage_run(
+            "fit_reward", "hal-test-described", settings, run_name="fit_reward:loop"
+        ) as run:
+            tracking.log_metrics(run.info.run_id, {"cv.accuracy.mean": 0.774712, "n_selected": 16})
+            tracking.tag_run(run.info.run_id, {"hal.promotion": "hal-reward v2 champion"})
+            return run.info.run_id, str(flow_run.id)
+
+    run_id, flow_run_id = described()
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.run_name == "fit_reward:loop"
+    assert run.data.tags["hal.stage"] == "fit_reward"  # queries by stage still find it
+    description = run.data.tags["mlflow.note.content"]
+    assert "| `cv.accuracy.mean` | 0.7747 |" in description
+    assert "| `n_selected` | 16 |" in description
+    assert "Decision: hal-reward v2 champion" in description
+    url = run.data.tags["prefect.flow_run_url"]
+    assert url.endswith(f"/runs/flow-run/{flow_run_id}")
+    assert f"]({url})" in description and "temporary" not in description
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "stage:role" in experiment.tags["mlflow.note.content"]
+
+
+def test_a_run_on_a_temporary_prefect_api_links_to_hal_serve(
+    settings: HalSettings, monkeypatch: pytest.MonkeyPatch
+):
+    from prefect.settings import PREFECT_API_URL
+
+    from hal_core.settings import TEMPORARY_PREFECT_API
+
+    monkeypatch.setenv(TEMPORARY_PREFECT_API, PREFECT_API_URL.value())  # as `hal_cli` marks it
+
+    @flow(name="generate")
+    def on_temporary_api() -> tuple[str, str]:
+        from prefect.runtime import flow_run
+
+        with tracking.stage_run("generate", "hal-test-described", settings) as run:
+            return run.info.run_id, str(flow_run.id)
+
+    run_id, flow_run_id = on_temporary_api()
+    run = MlflowClient().get_run(run_id)
+    assert run.info.run_name == "generate"  # alone, a stage keeps its plain name
+    link = f"({settings.prefect_ui_url}/runs/flow-run/{flow_run_id})"
+    description = run.data.tags["mlflow.note.content"]
+    assert link in description
+    assert "ran on a temporary Prefect API; start `hal serve` to see it" in description
+    assert run.data.tags["prefect.flow_run_url"] == link.strip("()")
+
+
+def test_an_experiment_made_before_gets_its_kind_and_description(settings: HalSettings):
+    tracking.configure_tracking(settings)
+    client = MlflowClient()
+    experiment_id = client.create_experiment("hal-test-old-experiment")
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", "kept as written")
+    assert tracking.ensure_experiment("hal-test-old-experiment", settings) == experiment_id
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "kept as written"

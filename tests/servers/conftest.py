@@ -14,7 +14,7 @@ import pytest
 from hal_cli.serving import READY_LINE
 from tests.servers.processes import Service, base_env, free_port, start, wait_until
 
-SERVED_DEPLOYMENTS = ("weekly-refit", "rate-dialogues")
+SERVED_DEPLOYMENTS = ("weekly-refit", "rate-dialogues", "cpu")
 
 
 @dataclass
@@ -45,9 +45,9 @@ def hal_serve(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Itera
     """``hal serve`` as a user runs it, on free ports, with the Prefect UI on.
 
     It starts ``prefect server start`` and an MLflow UI over the local SQLite store (both on
-    127.0.0.1), creates the work pools, applies the ``weekly-refit`` (fit_reward) and
-    ``rate-dialogues`` deployments of infra/prefect.yaml and starts a worker per pool this
-    machine can serve. No ``--pool``: the test checks which pools it picked.
+    127.0.0.1), creates the work pools, applies the ``weekly-refit`` (fit_reward),
+    ``rate-dialogues`` and ``cpu`` (the pipeline) deployments of infra/prefect.yaml and starts
+    a worker per pool this machine can serve. No ``--pool``: the test checks which pools it picked.
     """
     home = tmp_path_factory.mktemp("hal-serve")
     port, mlflow_port = free_port(), free_port()

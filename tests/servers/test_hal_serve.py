@@ -73,7 +73,7 @@ def mlflow_run_of(served: Served, flow_run_id: str) -> dict:
     """The MLflow run a flow run wrote, found by its ``prefect.flow_run_id`` tag."""
     mlflow = httpx.Client(base_url=f"{served.mlflow_url}/api/2.0/mlflow", timeout=30)
     experiment = mlflow.get(
-        "/experiments/get-by-name", params={"experiment_name": "hal-reward"}
+        "/experiments/get-by-name", params={"experiment_name": "hal-pipeline"}
     ).json()["experiment"]
     (run,) = mlflow.post(
         "/runs/search",
@@ -164,6 +164,17 @@ def text_value(prop) -> str:
     return control(prop).input_value()
 
 
+def label_of(prop) -> str:
+    return prop.locator(":scope > .p-label__header .schema-form-property__label").inner_text()
+
+
+def assert_no_none_switch_nor_internal_field(page) -> None:
+    """No str/None (or int/None...) buttons, and no field only the pipeline sets."""
+    for plain in ("str", "int", "float", "bool", "list"):
+        assert page.get_by_role("button", name=plain, exact=True).count() == 0, plain
+    assert page.get_by_text(re.compile("Parent Run Id")).count() == 0
+
+
 def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
     hal_serve: Served, tmp_path: Path
 ) -> None:
@@ -175,6 +186,7 @@ def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
     shots.mkdir()
     prefect = prefect_client(hal_serve)
     refit, rate = deployment(prefect, DEPLOYMENT), deployment(prefect, "rate-dialogues")
+    pipeline = deployment(prefect, "cpu")
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
@@ -198,25 +210,43 @@ def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
         assert "fail" in property_of(page, "Validation Policy").inner_text()
         page.screenshot(path=shots / "fit-reward-form.png")
 
-        # rate-dialogues: the judge is a choice between backends, each with its own fields.
+        # rate-dialogues: what must be filled is marked, the judge is a preset, no None switch.
         page.goto(f"{hal_serve.prefect_ui}/deployments/deployment/{rate['id']}/run")
+        inputs = property_of(page, "Input File")
+        inputs.scroll_into_view_if_needed()
+        assert label_of(inputs) == "Input File"  # required: no "(Optional)"
+        assert label_of(property_of(page, "Output File")) == "Output File (Optional)"
         judge = property_of(page, "Judge")
         judge.scroll_into_view_if_needed()
-        for backend in ("OpenAIJudgeConfig", "HFJudgeConfig", "RecordedJudgeConfig"):
-            assert judge.get_by_text(backend, exact=True).is_visible()
         assert judge.locator(".cm-editor, .code-mirror").count() == 0  # no bare JSON editor
-        assert text_value(property_of(page, "Backend")) == "openai"
-        assert text_value(property_of(page, "Model")) == "gpt-5-mini"
-        page.screenshot(path=shots / "rate-dialogues-judge-openai.png")
-        judge.get_by_text("HFJudgeConfig", exact=True).click()
-        assert text_value(property_of(page, "Model Path")) == ""
-        assert text_value(property_of(page, "Device")) == "cpu"
-        judge.scroll_into_view_if_needed()
-        page.screenshot(path=shots / "rate-dialogues-judge-hf.png")
+        assert "local" in judge.locator(":scope > .p-label__body").inner_text()
+        for backend in ("OpenAIJudgeConfig", "HFJudgeConfig", "RecordedJudgeConfig"):
+            assert page.get_by_text(backend, exact=True).count() == 0
+        choice = judge.locator(":scope > .p-label__body")
+        assert choice.locator(".p-select-button__value").inner_text() == "local"
+        # (the presets it lists are the schema's enum: test_run_form_schemas.py checks them)
+        page.screenshot(path=shots / "rate-dialogues-judge-preset.png")
+        assert_no_none_switch_nor_internal_field(page)
         # Descriptions are text: none turned into an input box by angle brackets.
         assert page.locator(".p-label__description :is(input, textarea, select)").count() == 0
         output = property_of(page, "Output File").locator(".p-label__description").first
         assert "HAL_HOME/ratings/" in output.inner_text()
+
+        # The pipeline: one short section per stage, nothing the pipeline sets itself.
+        page.goto(f"{hal_serve.prefect_ui}/deployments/deployment/{pipeline['id']}/run")
+        property_of(page, "Validate Data").wait_for()
+        for stage in ("Validate Data", "Derive Traits", "Fit Reward", "Train Local Judge",
+                      "Generate", "Rate Dialogues", "Align", "Evaluate"):  # fmt: skip
+            assert property_of(page, stage).is_visible(), stage
+        boxes = page.locator(".schema-form-property textarea")
+        assert "smollm2-135m-instruct" in [box.input_value() for box in boxes.all()]  # a default
+        for set_by_the_pipeline in ("Input File", "Model Name Or Path", "Generated Files"):
+            assert property_of(page, set_by_the_pipeline).count() == 0, set_by_the_pipeline
+        assert_no_none_switch_nor_internal_field(page)
+        form_inputs = page.locator(".schema-form-property :is(input, textarea, select)").count()
+        assert 0 < form_inputs <= 60, f"{form_inputs} inputs in the pipeline form"
+        page.screenshot(path=shots / "pipeline-form.png", full_page=True)
+        print(f"pipeline form: {form_inputs} inputs")
 
         # Submit a fit-reward run from the form with two typed changes.
         page.goto(f"{hal_serve.prefect_ui}/deployments/deployment/{refit['id']}/run")
@@ -252,6 +282,29 @@ def test_run_forms_show_typed_fields_with_defaults_and_submit_a_run(
         page.get_by_text("prefect.flow_run_url").first.wait_for()
         page.get_by_text(flow_run_id).first.wait_for()
         page.screenshot(path=shots / "mlflow-run-with-prefect-link.png")
+        # The run reads at a glance: a description with its figures and a Prefect link that
+        # can be clicked, the reviewer's plots, and Data Docs that open offline.
+        note = tags["mlflow.note.content"]
+        assert "cv.accuracy.mean" in note and f"({tags['prefect.flow_run_url']})" in note
+        page.locator(f'a[href="{tags["prefect.flow_run_url"]}"]').first.wait_for()
+        artifacts = httpx.Client(base_url=hal_serve.mlflow_url, timeout=30)
+        run_id = run["info"]["run_id"]
+        plots = artifacts.get(
+            "/api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": "plots"}
+        ).json()["files"]
+        names = {Path(f["path"]).name for f in plots}
+        assert {"trait_weights.png", "roc_grouped_cv.png", "calibration_grouped_cv.png"} <= names
+        docs_path = "validation/turing/ratings32_gpt-5/validation_result.html"
+        docs = artifacts.get("/get-artifact", params={"path": docs_path, "run_uuid": run_id})
+        assert docs.status_code == 200, docs_path
+        outside: list[str] = []
+        page.route("**/*", lambda route: (outside.append(route.request.url), route.abort()))
+        page.set_content(docs.text)
+        shown = page.inner_text("body")
+        assert "expect_column_values_to_be_unique" in shown and "passed" in shown
+        assert outside == []  # nothing fetched from a CDN or anywhere else
+        page.screenshot(path=shots / "data-docs-offline.png", full_page=True)
+        page.unroute("**/*")
         page.goto(tags["prefect.flow_run_url"])
         page.get_by_text("Completed").first.wait_for()
         page.get_by_text(run["info"]["run_id"]).first.wait_for()  # the log line with the link

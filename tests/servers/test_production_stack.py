@@ -58,7 +58,7 @@ def read_back(prefect: httpx.Client, mlflow: httpx.Client, flow_run_id: str) -> 
         "/deployments/filter", json={"deployments": {"name": {"any_": [DEPLOYMENT]}}}
     ).json()
     experiment = mlflow.get(
-        "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "hal-reward"}
+        "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "hal-pipeline"}
     ).json()["experiment"]
     (run,) = mlflow.post(
         "/api/2.0/mlflow/runs/search",

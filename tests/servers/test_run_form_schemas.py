@@ -61,3 +61,87 @@ def test_parameter_schema_renders_as_a_filled_typed_form(deployment: str) -> Non
         if isinstance(description, str):
             assert not re.search(r"<\w", description), f"{deployment} {where}: {description}"
     json.dumps(schema)  # the deployment stores it as JSON
+
+
+def deployed_schema(deployment: str) -> dict:
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    flow = load_flow_from_entrypoint(str(PROJECT_ROOT / entrypoint(deployment)))
+    return parameter_schema(flow).model_dump_for_openapi()
+
+
+def model_of(schema: dict) -> dict:
+    (params,) = schema["properties"].values()
+    return schema["definitions"][params["$ref"].rsplit("/", 1)[1]]
+
+
+PLAIN_TYPES = {"string", "integer", "number", "boolean", "array"}
+
+
+@pytest.mark.parametrize("deployment", FORM_DEPLOYMENTS)
+def test_a_form_shows_no_internal_field_and_no_none_switch_of_a_plain_type(
+    deployment: str,
+) -> None:
+    schema = deployed_schema(deployment)
+    (params,) = schema["properties"].values()
+    assert "parent_run_id" not in json.dumps(params.get("default", {}))
+    for where, node in walk(schema):
+        assert "parent_run_id" not in node.get("properties", {}), f"{deployment} {where}"
+        choices = node.get("anyOf") or []
+        if {"type": "null"} in choices and len(choices) == 2:
+            (other,) = [c for c in choices if c != {"type": "null"}]
+            assert other.get("type") not in PLAIN_TYPES, f"{deployment} {where}: a None switch"
+
+
+def test_rate_form_requires_the_input_and_picks_a_judge_preset_defaulting_to_local() -> None:
+    from hal_core.judges.presets import preset_names
+
+    model = model_of(deployed_schema("rate-dialogues"))
+    assert model["required"] == ["input_file"]  # the only field without a sensible default
+    judge = model["properties"]["judge"]
+    assert judge["enum"] == preset_names() and judge["default"] == "local"
+    assert {"local", "openai-gpt-5", "recorded-gpt-5", "vllm-local"} <= set(judge["enum"])
+    # a plain box, empty = the default behaviour
+    assert model["properties"]["output_file"]["type"] == "string"
+    assert "default" not in model["properties"]["output_file"]
+
+
+def form_inputs(node: dict, value: object, definitions: dict) -> int:
+    """The inputs a form opened on ``value`` shows (a choice: the branch the value takes)."""
+    if "$ref" in node:
+        node = {**definitions[node["$ref"].rsplit("/", 1)[1]], **node}
+        node.pop("$ref")
+    if "anyOf" in node:
+        taken = [c for c in node["anyOf"] if (c.get("type") == "null") == (value is None)]
+        return form_inputs(taken[0], value, definitions)
+    if "properties" in node:
+        values = value if isinstance(value, dict) else {}
+        return sum(
+            form_inputs(sub, values.get(key), definitions)
+            for key, sub in node["properties"].items()
+        )
+    return 0 if node.get("type") == "null" else 1
+
+
+def test_pipeline_form_is_a_short_section_per_stage() -> None:
+    from flows.pipeline import PipelineParams
+
+    schema = deployed_schema("cpu")
+    (params,) = schema["properties"].values()
+    model = model_of(schema)
+    sections = {
+        name for name, node in model["properties"].items() if name not in ("stages", "use_cache")
+    }
+    assert sections == set(PipelineParams.model_fields) - {"stages", "use_cache", "parent_run_id"}
+    for name in sections:
+        node = model["properties"][name]
+        shown = [c for c in node.get("anyOf", [node]) if c.get("type") == "object"]
+        assert len(shown) == 1 and "$ref" not in shown[0], f"{name}: not an inline section"
+        assert len(shown[0]["properties"]) <= 6, f"{name}: {list(shown[0]['properties'])}"
+    # inputs set by the pipeline are not in it
+    rate = model["properties"]["rate_dialogues"]["properties"]
+    assert not {"input_file", "judge", "questionnaire_file"} & set(rate)
+    assert form_inputs(params, params["default"], schema["definitions"]) <= 40
+    # the hidden fields keep their defaults: the form's default still validates
+    assert PipelineParams.model_validate(params["default"]) == PipelineParams()

@@ -7,6 +7,7 @@ import pytest
 
 from hal_core.tables import read_table
 from tasks.validation import UNIQUE, check_contract
+from tests.unit.test_validation_report import markdown_rows, read_offline_page
 
 
 def _set(column, index, value):
@@ -73,7 +74,9 @@ def test_real_ratings_pass_their_contract(data_dir, tmp_path):
         tmp_path,
     )
     assert report.success and report.error is None and len(report.valid) == 557
-    assert (report.docs_path / "index.html").exists()
+    page = read_offline_page(report.docs_path.read_text())
+    assert "passed: 17 of 17 expectations met" in " ".join(page.text)
+    assert len(markdown_rows(report.table_path.read_text())) == 17
 
 
 def test_fail_policy_names_file_rows_and_rules(corrupted_file, tmp_path):

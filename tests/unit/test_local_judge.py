@@ -17,6 +17,7 @@ from hal_core.dialogue import SpeakerTags
 from hal_core.domain import out_of_domain_fraction
 from hal_core.embedding import EmbeddingCache
 from hal_core.features import DialogueFeaturizer, FeatureConfig, FeatureMatrix
+from hal_core.folds import grouped_folds
 from hal_core.judges import build_judge
 from hal_core.judging import Judge, JudgeConfigurationError
 from hal_core.local_judge import (
@@ -29,7 +30,6 @@ from hal_core.local_judge import (
     average_ratings_by_dialogue,
     evaluate_reward_judge,
     fit_judge,
-    grouped_folds,
     hal16q_reward,
     hl_agreement,
     near_constant_traits,

@@ -17,6 +17,7 @@ from hal_core.reward import (
     fit_reward,
     paired_accuracy,
 )
+from hal_core.reward_curves import held_out_curves
 from hal_core.tables import read_table, witness_ratings
 
 
@@ -48,13 +49,17 @@ def test_scores_do_not_depend_on_column_order():
     traits = ["t01", "t02", "t03", "t04"]
     model = TraitLogisticRegression().fit(data[traits], data["is_human"])
     shuffled = data[["t04", "t01", "t03", "t02"]]
-    np.testing.assert_array_equal(
-        model.decision_function(data[traits]), model.decision_function(shuffled)
+    # a frame's memory layout may pick another summation order (last bits, < 1e-14 on scores
+    # of magnitude < 10); a trait matched to the wrong column moves a score by > 0.1
+    np.testing.assert_allclose(
+        model.decision_function(data[traits]), model.decision_function(shuffled), rtol=0, atol=1e-12
     )
     refit_on_reordered = TraitLogisticRegression().fit(shuffled, data["is_human"])
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(  # unsorted columns would move liblinear's weights by ~1e-3
         refit_on_reordered.decision_function(data[traits]),
         model.decision_function(data[traits]),
+        rtol=0,
+        atol=1e-12,
     )
 
 
@@ -103,10 +108,32 @@ def gpt5_fit(data_dir):
 
 def test_paper_protocol_reproduces_published_accuracy(gpt5_fit):
     metrics = gpt5_fit.metrics()
+    # Accuracies count test rows, so float noise moves them only by flipping a prediction: the
+    # test row nearest the boundary scores 2.7e-5 (refit: 3.3e-3), far above the last-bit
+    # noise of another CPU (~1e-14). Measured 0.77467 / 0.77118: the first window holds 10
+    # flips (4.5e-5 each); the refit's holds one flip either way (one is 9e-4).
     assert metrics["cv.accuracy.mean"] == pytest.approx(0.7747, abs=5e-4)
-    assert metrics["cv_refit.accuracy"] == pytest.approx(0.7712, abs=5e-4)
+    assert metrics["cv_refit.accuracy"] == pytest.approx(0.7712, abs=1.5e-3)
     assert 0.72 < metrics["cv_grouped.accuracy"] < 0.82
     assert 0.80 < metrics["paired.accuracy"] < 0.92
+
+
+def test_grouped_curves_are_those_of_the_out_of_fold_scores(gpt5_fit, data_dir):
+    questionnaire = Questionnaire.load(data_dir / "questionnaires" / "hal32q.json")
+    table = read_table(data_dir / "turing" / "ratings32_gpt-5.csv")
+    labels = witness_ratings(table, questionnaire)["is_human"].to_numpy(int)
+    curves = gpt5_fit.grouped_curves
+    again = held_out_curves(gpt5_fit.grouped_scores, labels)
+    assert curves.auc == pytest.approx(again.auc, abs=1e-12)
+    pd.testing.assert_frame_equal(curves.calibration, again.calibration)
+    # measured 0.841 out of fold; the in-sample scores flatter the reward (0.86)
+    assert 0.5 < curves.auc <= 1.0 and curves.auc > 0.8
+    assert curves.auc < held_out_curves(gpt5_fit.train_scores, labels).auc
+    assert 0 < curves.brier < 0.25 and 0 <= curves.ece < 0.1
+    assert curves.calibration.n.sum() == len(labels)
+    metrics = gpt5_fit.metrics()
+    assert metrics["cv_grouped.auc"] == pytest.approx(curves.auc, abs=1e-12)
+    assert {"cv_grouped.brier", "cv_grouped.ece"} <= set(metrics)
 
 
 def test_selection_and_weights_match_the_published_reward(gpt5_fit, data_dir):
