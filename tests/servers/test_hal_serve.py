@@ -24,10 +24,9 @@ import psutil
 import pytest
 
 from hal_cli.serving import GPU_POOL, has_gpu
-from tests.servers.conftest import Served
+from tests.servers.conftest import Served, wait_for_flow_run
 from tests.servers.processes import missing, require_module, wait_until
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DEPLOYMENT = "weekly-refit"  # flows/fit_reward.py:fit_reward in infra/prefect.yaml
 CUSTOM = {"params": {"reward": {"paper_cv_seeds": [57], "cv_folds": 5}, "alias": "server-test"}}
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,18 +54,6 @@ def online_workers(prefect: httpx.Client, pool: str) -> list[dict]:
     workers = prefect.post(f"/work_pools/{pool}/workers/filter", json={})
     assert workers.status_code == 200, workers.text
     return [w for w in workers.json() if w["status"] == "ONLINE"]
-
-
-def wait_for_flow_run(prefect: httpx.Client, flow_run_id: str, served: Served) -> dict:
-    state: dict = {}
-
-    def finished() -> bool:
-        state.update(prefect.get(f"/flow_runs/{flow_run_id}").json())
-        return state["state_type"] in TERMINAL
-
-    wait_until(finished, 600, f"flow run {flow_run_id}", [served.service])
-    assert state["state_type"] == "COMPLETED", f"{state['state']}\n{served.service.tail(80)}"
-    return state
 
 
 def mlflow_run_of(served: Served, flow_run_id: str) -> dict:

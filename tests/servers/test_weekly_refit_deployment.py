@@ -11,23 +11,18 @@ the experiment of the stage's runs (hal-pipeline), with the version it registere
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hal_cli.serving import READY_LINE
-from tests.servers.conftest import Served, printed_url
-from tests.servers.processes import base_env, free_port, start, wait_until
+from tests.servers.conftest import Served, serving, wait_for_flow_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DEPLOYMENT = "weekly-refit"
 MODEL = "hal-reward"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 FAST = {"reward": {"paper_cv_seeds": [57]}, "stability": {"n_bootstraps": 5}}
 WEAK = {"params": {"trait_ids": ["t01"], **FAST}}  # paired accuracy ~0.52 on the check set
 
@@ -36,28 +31,8 @@ WEAK = {"params": {"trait_ids": ["t01"], **FAST}}  # paired accuracy ~0.52 on th
 def served(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Served]:
     """``hal serve --deployment weekly-refit`` on free ports (no UI: runs go through the API)."""
     home = tmp_path_factory.mktemp("weekly-refit")
-    port, mlflow_port = free_port(), free_port()
-    command = [sys.executable, "-m", "hal_cli", "serve", "--port", str(port),
-               "--mlflow-port", str(mlflow_port), "--pool", "hal-cpu",
-               "--deployment", DEPLOYMENT]  # fmt: skip
-    started = time.monotonic()
-    service = start("hal-serve", command, base_env(home, data_dir), home)
-    try:
-        wait_until(lambda: READY_LINE in service.log.read_text(), 900, "hal serve", [service])
-        text = service.log.read_text()
-        prefect_ui = printed_url(text, "Prefect UI")
-        yield Served(
-            prefect_ui=prefect_ui,
-            prefect_api=f"{prefect_ui}/api",
-            mlflow_url=printed_url(text, "MLflow UI"),
-            port=port,
-            mlflow_port=mlflow_port,
-            service=service,
-            home=home,
-            ready_s=time.monotonic() - started,
-        )
-    finally:
-        service.stop()
+    with serving(home, data_dir, ["--pool", "hal-cpu", "--deployment", DEPLOYMENT]) as served:
+        yield served
 
 
 def run_refit(served: Served, parameters: dict | None) -> dict:
@@ -71,15 +46,7 @@ def run_refit(served: Served, parameters: dict | None) -> dict:
     ).json()
     with temporary_settings(updates={PREFECT_API_URL: served.prefect_api}):
         flow_run = run_deployment(spec["id"], parameters=parameters, timeout=0, as_subflow=False)
-    state: dict = {}
-
-    def finished() -> bool:
-        state.update(prefect.get(f"/flow_runs/{flow_run.id}").json())
-        return state["state_type"] in TERMINAL
-
-    wait_until(finished, 900, f"flow run {flow_run.id}", [served.service])
-    assert state["state_type"] == "COMPLETED", f"{state['state']}\n{served.service.tail(120)}"
-    return state
+    return wait_for_flow_run(prefect, str(flow_run.id), served)
 
 
 @pytest.fixture(scope="module")
