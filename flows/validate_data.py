@@ -101,7 +101,16 @@ def validate_data(params: ValidateDataParams = ValidateDataParams()) -> Validate
                 )
             )
         total_quarantined = sum(s.quarantined_rows for s in summaries)
-        tracking.log_metrics(run.info.run_id, {"validation.quarantined_rows": total_quarantined})
+        tracking.log_metrics(
+            run.info.run_id,
+            {
+                "validation.quarantined_rows": total_quarantined,
+                "validation.files": len(summaries),
+                "validation.files_with_failures": sum(
+                    bool(s.failed_expectations) for s in summaries
+                ),
+            },
+        )
         tracking.log_json(run.info.run_id, [s.model_dump() for s in summaries], "summary.json")
         tracking.log_text(
             run.info.run_id,

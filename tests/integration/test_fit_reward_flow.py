@@ -296,8 +296,14 @@ def test_validate_flow_quarantines_and_logs(settings, tmp_path):
         order_by=["start_time DESC"],
         max_results=1,
     )[0]
-    assert run.data.metrics["validation.games_broken.quarantined_rows"] == 1
+    summary = MlflowClient().download_artifacts(
+        run.info.run_id, "validation/games_broken/summary.json"
+    )
+    with open(summary) as stream:
+        assert json.load(stream)["quarantined_rows"] == 1
+    assert not [key for key in run.data.metrics if key.startswith("validation.games_broken")]
     assert run.data.metrics["validation.quarantined_rows"] == 1
+    assert run.data.metrics["validation.files_with_failures"] == 1
 
 
 def test_same_named_files_in_different_folders_keep_separate_validation_evidence(settings):
@@ -323,4 +329,5 @@ def test_same_named_files_in_different_folders_keep_separate_validation_evidence
         folder = f"validation/aligned_outputs/{model}/samples_epoch_00_scored_gpt-5"
         listed = {item.path for item in client.list_artifacts(run.info.run_id, folder)}
         assert f"{folder}/validation_result.json" in listed
-        assert run.data.metrics[f"{folder.replace('validation/', 'validation.', 1)}.rows"] == 100
+        with open(client.download_artifacts(run.info.run_id, f"{folder}/summary.json")) as stream:
+            assert json.load(stream)["rows"] == 100

@@ -41,6 +41,7 @@ def test_validate_data_logs_an_offline_page_and_a_table_of_every_expectation(
             "validation_result.html",
             "validation_result.md",
             "quarantine.csv",
+            "summary.json",
         )
     }
     local = Path(client.download_artifacts(result.run_id, folder))
