@@ -35,7 +35,7 @@ import httpx
 import psutil
 import yaml
 
-from hal_core.settings import PROJECT_ROOT, get_settings, store_lock
+from hal_core.settings import PROJECT_ROOT, get_settings, sqlite_file, store_lock
 
 GPU_POOL = "hal-gpu"
 STOP_GRACE_S = 5.0
@@ -78,11 +78,7 @@ def prefect_sqlite_file() -> Path | None:
 
     database = get_current_settings().server.database
     url = database.connection_url.get_secret_value() if database.connection_url else ""
-    scheme, separator, rest = url.partition(":///")
-    if not database.migrate_on_start or not separator or not scheme.startswith("sqlite"):
-        return None
-    file = rest.partition("?")[0]
-    return Path(file).resolve() if file and file != ":memory:" else None
+    return sqlite_file(url) if database.migrate_on_start else None
 
 
 def prepare_prefect_db() -> Path | None:

@@ -209,6 +209,16 @@ def isolate_prefect_home(environ: MutableMapping[str, str] = os.environ) -> Path
     return home
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (``sqlite:///``, ``sqlite+aiosqlite:///``...); None for a server,
+    another database or an in-memory one."""
+    scheme, separator, rest = url.partition(":///")
+    if not separator or not scheme.startswith("sqlite"):
+        return None
+    file = rest.partition("?")[0]
+    return Path(file).resolve() if file and file != ":memory:" else None
+
+
 @contextlib.contextmanager
 def store_lock(store: Path) -> Iterator[None]:
     """Hold an inter-process lock on the file ``<store>.lock`` while a store is created or

@@ -34,6 +34,7 @@ from hal_core.evaluation import (
     read_responses,
     reward_readings,
 )
+from hal_core.markdown import number
 from hal_core.pairwise import PairwiseResult
 from hal_core.paper import is_paper_weights, load_paper_weights
 from hal_core.questionnaire import Questionnaire
@@ -355,10 +356,6 @@ def log_evaluation_plots(
     return paths
 
 
-def _number(value: float, spec: str) -> str:
-    return format(value, spec) if value is not None and math.isfinite(value) else "n/a"
-
-
 TOP_SHIFTS = 6
 """Traits per model in the summary's shift table (the plot shows them all)."""
 
@@ -381,8 +378,8 @@ def _trait_shift_table(
                 f"{int(row.epoch):02d}",
                 row.trait_id,
                 texts.get(row.trait_id, ""),
-                _number(row.shift, "+.2f"),
-                f"[{_number(row.ci_low, '+.2f')}, {_number(row.ci_high, '+.2f')}]",
+                number(row.shift, "+.2f"),
+                f"[{number(row.ci_low, '+.2f')}, {number(row.ci_high, '+.2f')}]",
                 int(row.n_pairs),
             ]
             for row in top.itertuples(index=False)
@@ -431,16 +428,16 @@ def _markdown_summary(
     for model, epoch in sorted(report.best_epoch.items()):
         best, base = table.loc[(model, epoch)], table.loc[(model, report.base_epoch)]
         row = (
-            f"| {model} | {epoch:02d} | {_number(best['gain'], '+.3f')} | {base['mean']:.3f} | "
-            f"{best['mean']:.3f} | {_number(best['t'], '.2f')} ({_number(best['p'], '.2g')}) |"
+            f"| {model} | {epoch:02d} | {number(best['gain'], '+.3f')} | {base['mean']:.3f} | "
+            f"{best['mean']:.3f} | {number(best['t'], '.2f')} ({number(best['p'], '.2g')}) |"
         )
         if by_id:
             row += (
-                f" {_number(best['gain'], '+.3f')} | "
-                f"{_number(by_id.value(model, epoch, 'gain'), '+.3f')} |"
+                f" {number(best['gain'], '+.3f')} | "
+                f"{number(by_id.value(model, epoch, 'gain'), '+.3f')} |"
             )
         if second:
-            row += f" {_number(second.value(model, epoch, 'gain'), '+.3f')} |"
+            row += f" {number(second.value(model, epoch, 'gain'), '+.3f')} |"
         lines.append(row)
     if explanation:
         lines += ["", explanation]
@@ -455,12 +452,12 @@ def _markdown_summary(
         ]
         for row in report.summary.itertuples(index=False):
             line = (
-                f"| {row.epoch:02d} | {row.n} | {row.mean:.3f} ({_number(row.ci_low, '.3f')}, "
-                f"{_number(row.ci_high, '.3f')}) | {_number(row.gain, '+.3f')} | "
-                f"{_number(row.p, '.2g')} |"
+                f"| {row.epoch:02d} | {row.n} | {row.mean:.3f} ({number(row.ci_low, '.3f')}, "
+                f"{number(row.ci_high, '.3f')}) | {number(row.gain, '+.3f')} | "
+                f"{number(row.p, '.2g')} |"
             )
             if second:
-                line += f" {_number(second.value(row.model, row.epoch, 'gain'), '+.3f')} |"
+                line += f" {number(second.value(row.model, row.epoch, 'gain'), '+.3f')} |"
             lines.append(line)
         lines += [
             "",
@@ -471,7 +468,7 @@ def _markdown_summary(
         ]
         for check in guards.checks:
             lines.append(
-                f"| {check.name} | {_number(check.value, '.4g')} | {check.rule} "
+                f"| {check.name} | {number(check.value, '.4g')} | {check.rule} "
                 f"{check.threshold:g} | {'yes' if check.passed else '**no**'} | {check.note} |"
             )
     if decision is not None:

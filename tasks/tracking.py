@@ -25,6 +25,7 @@ from hal_core.settings import (
     TEMPORARY_PREFECT_API,
     HalSettings,
     apply_process_defaults,
+    sqlite_file,
     store_lock,
 )
 from hal_core.tables import file_sha256
@@ -59,14 +60,6 @@ def configure_tracking(settings: HalSettings) -> str:
     mlflow.set_registry_uri(uri)
     prepare_store(uri)
     return uri
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The file of a SQLite tracking URI (None for a server, a folder or an in-memory DB)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = uri.removeprefix("sqlite:///").partition("?")[0]
-    return Path(database).resolve() if database and database != ":memory:" else None
 
 
 def prepare_store(uri: str) -> None:
